@@ -113,7 +113,12 @@ fn open_layer(
         if snapshot.is_some() {
             return Err(ImageError::SnapshotOfRaw { path: path.clone() });
         }
-        let size = source.byte_len().map_err(io_err)?;
+        // QEMU sees a raw file in whole 512-byte sectors: the tail past EOF reads as zeros.
+        let size = source
+            .byte_len()
+            .map_err(io_err)?
+            .checked_next_multiple_of(512)
+            .unwrap_or(u64::MAX);
         let layer = Layer {
             path: path.clone(),
             format,

@@ -36,8 +36,8 @@ pub enum FormatError {
     L1TooLarge(u32),
     #[error("L1 table has {l1_size} entries, too few for a virtual size of {size} bytes")]
     L1TooSmall { l1_size: u32, size: u64 },
-    #[error("L1 table offset {0:#x} is not aligned to a cluster")]
-    L1Unaligned(u64),
+    #[error("L1 table offset {0:#x} is not aligned to a cluster or the table ends past 2^63")]
+    L1TableOffset(u64),
     #[error("backing_file_offset {0:#x} lies outside the first cluster")]
     BackingFileOffset(u64),
     #[error("backing_file_size {0} exceeds 1023 bytes")]
@@ -50,14 +50,14 @@ pub enum FormatError {
     DataFileNameMissing,
     #[error("the number of snapshots ({0}) exceeds 65536")]
     TooManySnapshots(u32),
-    #[error("snapshots_offset {0:#x} is not aligned to a cluster")]
-    SnapshotTableUnaligned(u64),
+    #[error("snapshots_offset {0:#x} is not aligned to a cluster or the table ends past 2^63")]
+    SnapshotTableOffset(u64),
     #[error("the snapshot table exceeds 64 MiB")]
     SnapshotTableTooLarge,
     #[error("snapshot {index}: extra_data_size {size} exceeds 1024 bytes")]
     SnapshotExtraData { index: u32, size: u32 },
-    #[error("snapshot {index}: L1 table offset {offset:#x} is not aligned to a cluster")]
-    SnapshotL1Unaligned { index: u32, offset: u64 },
+    #[error("snapshot {index}: L1 table offset {offset:#x} is not aligned to a cluster or ends past 2^63")]
+    SnapshotL1Offset { index: u32, offset: u64 },
     #[error("snapshot {index}: L1 table has {l1_size} entries, more than the 32 MiB limit")]
     SnapshotL1TooLarge { index: u32, l1_size: u32 },
     #[error("snapshot {index}: disk size {size} exceeds the largest size a block device can have")]

@@ -66,6 +66,18 @@ pub(crate) fn be_u16(bytes: &[u8], offset: usize) -> u16 {
     u16::from_be_bytes(raw)
 }
 
+/// QEMU's validate_table_offset: cluster-aligned, and the whole table (`entries` of
+/// `entry_len` bytes) ends below 2^63 (offsets are passed around as signed 64-bit values).
+pub(crate) fn valid_table_offset(
+    offset: u64,
+    entries: u32,
+    entry_len: u64,
+    cluster_size: u64,
+) -> bool {
+    let table_len = u64::from(entries) * entry_len;
+    offset & (cluster_size - 1) == 0 && offset <= (i64::MAX as u64) - table_len
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
     pub version: u32,
@@ -187,14 +199,19 @@ impl Header {
                 size: header.size,
             });
         }
-        if header.l1_table_offset & (cluster_size - 1) != 0 {
-            return Err(FormatError::L1Unaligned(header.l1_table_offset));
+        if !valid_table_offset(header.l1_table_offset, header.l1_size, 8, cluster_size) {
+            return Err(FormatError::L1TableOffset(header.l1_table_offset));
         }
         if header.nb_snapshots > MAX_SNAPSHOTS {
             return Err(FormatError::TooManySnapshots(header.nb_snapshots));
         }
-        if header.snapshots_offset & (cluster_size - 1) != 0 {
-            return Err(FormatError::SnapshotTableUnaligned(header.snapshots_offset));
+        if !valid_table_offset(
+            header.snapshots_offset,
+            header.nb_snapshots,
+            40,
+            cluster_size,
+        ) {
+            return Err(FormatError::SnapshotTableOffset(header.snapshots_offset));
         }
         if header.backing_file_offset != 0 && header.backing_file_size > MAX_BACKING_FILE_NAME {
             return Err(FormatError::BackingFileSize(header.backing_file_size));

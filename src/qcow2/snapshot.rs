@@ -77,8 +77,8 @@ pub fn read_table(
         } else {
             header.size
         };
-        if l1_table_offset & cluster_mask != 0 {
-            return Err(FormatError::SnapshotL1Unaligned {
+        if !super::header::valid_table_offset(l1_table_offset, l1_size, 8, cluster_mask + 1) {
+            return Err(FormatError::SnapshotL1Offset {
                 index,
                 offset: l1_table_offset,
             }
