@@ -6,9 +6,19 @@
 //! - [`cache`]: one byte-budgeted LRU for all metadata derived from images.
 //! - [`image`]: backing chains (qcow2 and raw layers) read as one disk.
 //! - [`inspect`]: the `virtsnapfs inspect` report of a chain.
+//! - [`model`]: domains, disks and snapshot trees as plain data.
+//! - [`libvirt`]: builds the model from libvirt (connection, XML).
+//! - [`fs`]: the filesystem core (tree, lookups, reads, errno table), FUSE-agnostic.
+//! - [`fuse`]: the thin fuser adapter over [`fs`].
+//! - [`mount`]: command-line mount options, daemonizing and clean unmounting.
 
 pub mod cache;
+pub mod fs;
+pub mod fuse;
 pub mod image;
 pub mod inspect;
+pub mod libvirt;
+pub mod model;
+pub mod mount;
 pub mod qcow2;
 pub mod source;

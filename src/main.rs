@@ -1,4 +1,4 @@
-//! The `virtsnapfs` command line.
+//! The `virtsnapfs` command line: mount (the default), `inspect` and `cat`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -9,16 +9,35 @@ use clap::{Parser, Subcommand};
 
 use virtsnapfs::cache::{MetadataCache, DEFAULT_CACHE_BYTES};
 use virtsnapfs::image::{open_chain, ChainSpec, Format};
+use virtsnapfs::mount::{self, MountRequest};
 
 #[derive(Parser)]
 #[command(
     name = "virtsnapfs",
     version,
-    about = "libvirt/KVM snapshots as directories"
+    about = "Mount libvirt/KVM domains and their snapshots as directories",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// libvirt URI (default: LIBVIRT_DEFAULT_URI, else libvirt's built-in default).
+    #[arg(short = 'c', long = "connect", value_name = "URI")]
+    connect: Option<String>,
+    /// Stay in the foreground (default: detach once mounted).
+    #[arg(short = 'f', long)]
+    foreground: bool,
+    /// Mount options, comma-separated: FUSE's (allow_other, auto_unmount, …) and ours
+    /// (connect=, disk_mode=, uid=, gid=, refresh=, cache_size=, threads=, log_file=).
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    options: Vec<String>,
+    /// Write log lines to this file (default when detached as root: /var/log/virtsnapfs.log).
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<PathBuf>,
+    /// [SOURCE] MOUNTPOINT: SOURCE (as mount.fuse3 passes it) may be a libvirt URI.
+    #[arg(value_name = "MOUNTPOINT", required = true, num_args = 1..=2)]
+    paths: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -53,9 +72,9 @@ fn parse_format(name: Option<&str>) -> Result<Option<Format>, String> {
     }
 }
 
-fn run(cli: Cli) -> Result<(), String> {
+fn run_command(command: Command) -> Result<(), String> {
     let cache = Arc::new(MetadataCache::new(DEFAULT_CACHE_BYTES));
-    match cli.command {
+    match command {
         Command::Inspect {
             image,
             format,
@@ -96,11 +115,47 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
+fn init_logging(default_level: &str, file: Option<&PathBuf>) -> Result<(), String> {
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level));
+    if let Some(path) = file {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
+        builder.target(env_logger::Target::Pipe(Box::new(f)));
+    }
+    builder.init();
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    if let Some(command) = cli.command {
+        init_logging("warn", None)?;
+        return run_command(command);
+    }
+    // Only the process that mounts logs (the detaching parent reports through its status).
+    if cli.foreground {
+        init_logging("info", cli.log_file.as_ref())?;
+    }
+    let mut paths = cli.paths;
+    let mountpoint = PathBuf::from(paths.pop().ok_or("a mount point is required")?);
+    mount::run(MountRequest {
+        connect: cli.connect,
+        foreground: cli.foreground,
+        options: cli.options,
+        source: paths.pop(),
+        mountpoint,
+        log_file: cli.log_file,
+    })
+}
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            log::error!("{e}");
             eprintln!("virtsnapfs: {e}");
             ExitCode::FAILURE
         }

@@ -26,17 +26,21 @@ impl Scratch {
 
     /// Runs a command inside the scratch directory; panics with its stderr when it fails.
     pub fn run(&self, program: &str, args: &[&str]) -> String {
+        self.try_run(program, args)
+            .unwrap_or_else(|stderr| panic!("{program} {args:?} failed: {stderr}"))
+    }
+
+    /// Runs a command inside the scratch directory: its stdout, or its stderr if it failed.
+    pub fn try_run(&self, program: &str, args: &[&str]) -> Result<String, String> {
         let out = Command::new(program)
             .args(args)
             .current_dir(self.dir.path())
             .output()
             .unwrap_or_else(|e| panic!("cannot run {program}: {e} (is qemu-utils installed?)"));
-        assert!(
-            out.status.success(),
-            "{program} {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     pub fn qemu_img(&self, args: &[&str]) -> String {

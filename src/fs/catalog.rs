@@ -1,0 +1,102 @@
+//! Domain models as the filesystem sees them, refreshed from the backend when older than the
+//! refresh interval, so changes made with virsh or virt-manager show within that interval.
+//!
+//! When libvirt cannot be reached, the last models seen keep being served (logged once per
+//! failure) and the backend reconnects on a later refresh; only what was never loaded fails.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::warn;
+use parking_lot::Mutex;
+
+use super::backend::Backend;
+use super::error::FsError;
+use crate::fs_err;
+use crate::model::DomainModel;
+
+struct Cached<T> {
+    loaded: Instant,
+    value: T,
+}
+
+pub struct Catalog {
+    backend: Arc<dyn Backend>,
+    refresh: Duration,
+    names: Mutex<Option<Cached<Arc<Vec<String>>>>>,
+    domains: Mutex<HashMap<String, Cached<Option<Arc<DomainModel>>>>>,
+}
+
+impl Catalog {
+    pub fn new(backend: Arc<dyn Backend>, refresh: Duration) -> Catalog {
+        Catalog {
+            backend,
+            refresh,
+            names: Mutex::new(None),
+            domains: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The names of all domains.
+    pub fn domain_names(&self) -> Result<Arc<Vec<String>>, FsError> {
+        if let Some(c) = self.names.lock().as_ref() {
+            if c.loaded.elapsed() < self.refresh {
+                return Ok(c.value.clone());
+            }
+        }
+        match self.backend.list_domains() {
+            Ok(mut names) => {
+                names.sort();
+                let names = Arc::new(names);
+                *self.names.lock() = Some(Cached {
+                    loaded: Instant::now(),
+                    value: names.clone(),
+                });
+                Ok(names)
+            }
+            Err(e) => match self.names.lock().as_ref() {
+                Some(c) => {
+                    warn!("{e}; showing the domains as last seen");
+                    Ok(c.value.clone())
+                }
+                None => Err(fs_err!(Io, "{e}")),
+            },
+        }
+    }
+
+    /// The model of domain `name`, or None if there is no such domain.
+    pub fn domain(&self, name: &str) -> Result<Option<Arc<DomainModel>>, FsError> {
+        if let Some(c) = self.domains.lock().get(name) {
+            if c.loaded.elapsed() < self.refresh {
+                return Ok(c.value.clone());
+            }
+        }
+        match self.backend.load_domain(name) {
+            Ok(model) => {
+                let model = model.map(Arc::new);
+                self.domains.lock().insert(
+                    name.to_string(),
+                    Cached {
+                        loaded: Instant::now(),
+                        value: model.clone(),
+                    },
+                );
+                Ok(model)
+            }
+            Err(e) => match self.domains.lock().get(name) {
+                Some(c) => {
+                    warn!("{e}; showing domain {name} as last seen");
+                    Ok(c.value.clone())
+                }
+                None => Err(fs_err!(Io, "{e}")),
+            },
+        }
+    }
+
+    /// Forgets what is cached of `name`, so the next access reloads it.
+    pub fn invalidate(&self, name: &str) {
+        self.domains.lock().remove(name);
+        *self.names.lock() = None;
+    }
+}

@@ -1,0 +1,107 @@
+//! Inode numbers: one per node, assigned on first sight and never reused while mounted, so
+//! `stat` gives the same st_ino for the same domain, snapshot or disk for the mount's life.
+//! Nodes are keyed by names, not by position in the tree: a snapshot that moves to another
+//! parent keeps its inode.
+
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+
+pub const ROOT_INO: u64 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum NodeKey {
+    Root,
+    Domain(String),
+    DomainXml(String),
+    Live(String),
+    /// (domain, disk target)
+    LiveDisk(String, String),
+    Current(String),
+    Snapshots(String),
+    /// (domain, snapshot)
+    Snapshot(String, String),
+    SnapshotXml(String, String),
+    /// (domain, snapshot, disk target)
+    SnapshotDisk(String, String, String),
+}
+
+impl NodeKey {
+    pub fn domain(&self) -> Option<&str> {
+        match self {
+            NodeKey::Root => None,
+            NodeKey::Domain(d)
+            | NodeKey::DomainXml(d)
+            | NodeKey::Live(d)
+            | NodeKey::LiveDisk(d, _)
+            | NodeKey::Current(d)
+            | NodeKey::Snapshots(d)
+            | NodeKey::Snapshot(d, _)
+            | NodeKey::SnapshotXml(d, _)
+            | NodeKey::SnapshotDisk(d, _, _) => Some(d),
+        }
+    }
+}
+
+pub struct InodeTable {
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    by_key: HashMap<NodeKey, u64>,
+    by_ino: Vec<NodeKey>,
+}
+
+impl InodeTable {
+    pub fn new() -> InodeTable {
+        let mut by_key = HashMap::new();
+        by_key.insert(NodeKey::Root, ROOT_INO);
+        InodeTable {
+            inner: Mutex::new(Inner {
+                by_key,
+                by_ino: vec![NodeKey::Root],
+            }),
+        }
+    }
+
+    /// The inode of `key`, assigning the next number on first sight.
+    pub fn ino(&self, key: &NodeKey) -> u64 {
+        let mut inner = self.inner.lock();
+        if let Some(&ino) = inner.by_key.get(key) {
+            return ino;
+        }
+        inner.by_ino.push(key.clone());
+        let ino = inner.by_ino.len() as u64;
+        inner.by_key.insert(key.clone(), ino);
+        ino
+    }
+
+    pub fn key(&self, ino: u64) -> Option<NodeKey> {
+        let index = usize::try_from(ino.checked_sub(1)?).ok()?;
+        self.inner.lock().by_ino.get(index).cloned()
+    }
+}
+
+impl Default for InodeTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inodes_are_stable_and_distinct() {
+        let t = InodeTable::new();
+        let a = t.ino(&NodeKey::Domain("a".into()));
+        let b = t.ino(&NodeKey::Snapshot("a".into(), "s".into()));
+        assert_eq!(t.ino(&NodeKey::Root), ROOT_INO);
+        assert_ne!(a, b);
+        assert_eq!(t.ino(&NodeKey::Domain("a".into())), a);
+        assert_eq!(t.key(b), Some(NodeKey::Snapshot("a".into(), "s".into())));
+        assert_eq!(t.key(0), None);
+        assert_eq!(t.key(999), None);
+    }
+}

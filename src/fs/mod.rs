@@ -1,0 +1,712 @@
+//! The filesystem itself, independent of FUSE: a tree of domains, live disks and snapshot
+//! trees over a [`backend::Backend`], with every operation returning `Result<_, FsError>`.
+//! `crate::fuse` only translates these calls and results to and from the kernel protocol, so
+//! everything here is tested without a mount.
+//!
+//! ```text
+//! /DOMAIN/domain.xml             the domain's XML as libvirt has it now
+//! /DOMAIN/live/TARGET.raw        each disk as it is now (the whole active chain)
+//! /DOMAIN/current                symlink to the current snapshot's directory
+//! /DOMAIN/snapshots/NAME/        root snapshots; each snapshot's children nest inside it
+//! /DOMAIN/snapshots/NAME/snapshot.xml, TARGET.raw
+//! ```
+//! See doc/SEMANTICS.md for every path and operation.
+
+pub mod backend;
+pub mod catalog;
+pub mod error;
+pub mod inode;
+pub mod names;
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::num::NonZeroUsize;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::warn;
+use lru::LruCache;
+use parking_lot::Mutex;
+
+use crate::cache::MetadataCache;
+use crate::fs_err;
+use crate::image::{open_chain, Chain, ChainSpec};
+use crate::model::{DiskModel, DomainModel};
+use backend::Backend;
+use catalog::Catalog;
+pub use error::{ErrorKind, FsError};
+use inode::{NodeKey, ROOT_INO};
+
+pub const DOMAIN_XML: &str = "domain.xml";
+pub const LIVE_DIR: &str = "live";
+pub const CURRENT_LINK: &str = "current";
+pub const SNAPSHOTS_DIR: &str = "snapshots";
+pub const SNAPSHOT_XML: &str = "snapshot.xml";
+pub const DISK_SUFFIX: &str = ".raw";
+
+/// Opened chains of snapshot disks kept ready (each holds a file descriptor per layer).
+const OPEN_CHAINS: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    Directory,
+    File,
+    Symlink,
+}
+
+/// A node's attributes, as `stat` shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: NodeKind,
+    pub size: u64,
+    /// Allocated bytes (st_blocks * 512).
+    pub allocated: u64,
+    pub perm: u16,
+    pub mtime: SystemTime,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: NodeKind,
+    pub name: OsString,
+}
+
+/// How `lseek` was asked to move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whence {
+    Data,
+    Hole,
+}
+
+/// What an open() returns: the handle, and whether the kernel may keep cached pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    pub keep_cache: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Permission bits of disk files (default 0400: only the owner reads disks).
+    pub disk_mode: u16,
+    pub uid: u32,
+    pub gid: u32,
+    /// How long a domain's model, and a live disk's chain for `stat`, are reused.
+    pub refresh: Duration,
+    pub cache_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            disk_mode: 0o400,
+            uid: 0,
+            gid: 0,
+            refresh: Duration::from_secs(1),
+            cache_bytes: crate::cache::DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
+enum Handle {
+    Disk { chain: Arc<Chain>, label: String },
+    Bytes(Arc<[u8]>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ChainKey {
+    Live(String, String),
+    Snapshot(String, String, String),
+}
+
+struct ChainEntry {
+    spec: ChainSpec,
+    opened: Instant,
+    result: Result<Arc<Chain>, String>,
+}
+
+pub struct VirtSnapFs {
+    catalog: Catalog,
+    inodes: inode::InodeTable,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    chains: Mutex<LruCache<ChainKey, ChainEntry>>,
+    cache: Arc<MetadataCache>,
+    options: Options,
+    mounted_at: SystemTime,
+}
+
+fn unix_time(seconds: i64) -> SystemTime {
+    match u64::try_from(seconds) {
+        Ok(s) => UNIX_EPOCH + Duration::from_secs(s),
+        Err(_) => UNIX_EPOCH,
+    }
+}
+
+fn disk_file_name(target: &str) -> String {
+    format!("{target}{DISK_SUFFIX}")
+}
+
+impl VirtSnapFs {
+    pub fn new(backend: Arc<dyn Backend>, options: Options) -> VirtSnapFs {
+        VirtSnapFs {
+            catalog: Catalog::new(backend, options.refresh),
+            inodes: inode::InodeTable::new(),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            chains: Mutex::new(LruCache::new(
+                NonZeroUsize::new(OPEN_CHAINS).expect("nonzero"),
+            )),
+            cache: Arc::new(MetadataCache::new(options.cache_bytes)),
+            options,
+            mounted_at: SystemTime::now(),
+        }
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    fn key(&self, ino: u64) -> Result<NodeKey, FsError> {
+        self.inodes
+            .key(ino)
+            .ok_or_else(|| fs_err!(NotFound, "inode {ino} is not known"))
+    }
+
+    fn domain(&self, name: &str) -> Result<Arc<DomainModel>, FsError> {
+        self.catalog
+            .domain(name)?
+            .ok_or_else(|| fs_err!(NotFound, "no domain {name}"))
+    }
+
+    fn snapshot_exists(&self, model: &DomainModel, snapshot: &str) -> Result<(), FsError> {
+        match model.snapshot(snapshot) {
+            Some(_) => Ok(()),
+            None => Err(fs_err!(
+                NotFound,
+                "domain {}: no snapshot {snapshot}",
+                model.name
+            )),
+        }
+    }
+
+    fn live_disk<'a>(
+        &self,
+        model: &'a DomainModel,
+        target: &str,
+    ) -> Result<&'a DiskModel, FsError> {
+        model
+            .disks
+            .iter()
+            .find(|d| d.target == target)
+            .ok_or_else(|| fs_err!(NotFound, "domain {}: no disk {target}", model.name))
+    }
+
+    fn snapshot_disk<'a>(
+        &self,
+        model: &'a DomainModel,
+        snapshot: &str,
+        target: &str,
+    ) -> Result<&'a DiskModel, FsError> {
+        model
+            .snapshot(snapshot)
+            .and_then(|s| s.disks.iter().find(|d| d.target == target))
+            .ok_or_else(|| {
+                fs_err!(
+                    NotFound,
+                    "domain {}: snapshot {snapshot} has no disk {target}",
+                    model.name
+                )
+            })
+    }
+
+    /// The opened chain for a disk. `max_age` None reuses a chain opened for the same spec
+    /// whatever its age (snapshot disks never change); Some(age) reopens an older one.
+    fn chain(
+        &self,
+        key: ChainKey,
+        spec: &ChainSpec,
+        max_age: Option<Duration>,
+        label: &str,
+    ) -> Result<Arc<Chain>, FsError> {
+        if let Some(entry) = self.chains.lock().get(&key) {
+            let fresh = max_age.is_none_or(|age| entry.opened.elapsed() < age);
+            if entry.spec == *spec && fresh {
+                return entry
+                    .result
+                    .clone()
+                    .map_err(|e| fs_err!(Io, "{label}: {e}"));
+            }
+        }
+        let result = open_chain(spec, self.cache.clone())
+            .map(Arc::new)
+            .map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            warn!("{label}: cannot be read: {e}");
+        }
+        self.chains.lock().put(
+            key,
+            ChainEntry {
+                spec: spec.clone(),
+                opened: Instant::now(),
+                result: result.clone(),
+            },
+        );
+        result.map_err(|e| fs_err!(Io, "{label}: {e}"))
+    }
+
+    fn dir_attr(&self, ino: u64, mtime: SystemTime) -> Attr {
+        Attr {
+            ino,
+            kind: NodeKind::Directory,
+            size: 0,
+            allocated: 0,
+            perm: 0o755,
+            mtime,
+            uid: self.options.uid,
+            gid: self.options.gid,
+        }
+    }
+
+    fn bytes_attr(&self, ino: u64, len: usize, mtime: SystemTime) -> Attr {
+        Attr {
+            ino,
+            kind: NodeKind::File,
+            size: len as u64,
+            allocated: len as u64,
+            perm: 0o444,
+            mtime,
+            uid: self.options.uid,
+            gid: self.options.gid,
+        }
+    }
+
+    /// A disk's attributes. A chain that cannot be opened shows as an empty file (the error
+    /// is logged, and open() reports it as EIO), so `ls` of the rest keeps working.
+    fn disk_attr(&self, ino: u64, chain: Result<Arc<Chain>, FsError>, mtime: SystemTime) -> Attr {
+        let (size, allocated) = match chain {
+            Ok(c) => (c.size(), c.allocated_bytes().unwrap_or_else(|_| c.size())),
+            Err(_) => (0, 0),
+        };
+        Attr {
+            ino,
+            kind: NodeKind::File,
+            size,
+            allocated,
+            perm: self.options.disk_mode,
+            mtime,
+            uid: self.options.uid,
+            gid: self.options.gid,
+        }
+    }
+
+    fn file_mtime(path: &std::path::Path) -> SystemTime {
+        std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .unwrap_or(UNIX_EPOCH)
+    }
+
+    /// The attributes of a node, checking that it still exists.
+    fn attr_of(&self, key: &NodeKey) -> Result<Attr, FsError> {
+        let ino = self.inodes.ino(key);
+        match key {
+            NodeKey::Root => Ok(self.dir_attr(ino, self.mounted_at)),
+            NodeKey::Domain(d) | NodeKey::Live(d) | NodeKey::Snapshots(d) => {
+                self.domain(d)?;
+                Ok(self.dir_attr(ino, self.mounted_at))
+            }
+            NodeKey::DomainXml(d) => {
+                let m = self.domain(d)?;
+                Ok(self.bytes_attr(ino, m.xml.len(), self.mounted_at))
+            }
+            NodeKey::Current(d) => {
+                let m = self.domain(d)?;
+                let target = self.current_target(&m)?;
+                let mut a = self.bytes_attr(ino, target.len(), self.mounted_at);
+                a.kind = NodeKind::Symlink;
+                a.perm = 0o777;
+                Ok(a)
+            }
+            NodeKey::Snapshot(d, s) => {
+                let m = self.domain(d)?;
+                self.snapshot_exists(&m, s)?;
+                let created = m.snapshot(s).map_or(0, |s| s.creation_time);
+                Ok(self.dir_attr(ino, unix_time(created)))
+            }
+            NodeKey::SnapshotXml(d, s) => {
+                let m = self.domain(d)?;
+                let snap = m
+                    .snapshot(s)
+                    .ok_or_else(|| fs_err!(NotFound, "domain {d}: no snapshot {s}"))?;
+                Ok(self.bytes_attr(ino, snap.xml.len(), unix_time(snap.creation_time)))
+            }
+            NodeKey::LiveDisk(d, t) => {
+                let m = self.domain(d)?;
+                let disk = self.live_disk(&m, t)?;
+                let label = format!("domain {d} live disk {t}");
+                let chain = self.chain(
+                    ChainKey::Live(d.clone(), t.clone()),
+                    &disk.chain,
+                    Some(self.options.refresh),
+                    &label,
+                );
+                Ok(self.disk_attr(ino, chain, Self::file_mtime(&disk.chain.top.path)))
+            }
+            NodeKey::SnapshotDisk(d, s, t) => {
+                let m = self.domain(d)?;
+                let disk = self.snapshot_disk(&m, s, t)?;
+                let created = m.snapshot(s).map_or(0, |s| s.creation_time);
+                let label = format!("domain {d} snapshot {s} disk {t}");
+                let chain = self.chain(
+                    ChainKey::Snapshot(d.clone(), s.clone(), t.clone()),
+                    &disk.chain,
+                    None,
+                    &label,
+                );
+                Ok(self.disk_attr(ino, chain, unix_time(created)))
+            }
+        }
+    }
+
+    /// The `current` symlink's target: `snapshots/ROOT/…/CURRENT`, escaped.
+    fn current_target(&self, model: &DomainModel) -> Result<String, FsError> {
+        let current = model
+            .current
+            .as_deref()
+            .ok_or_else(|| fs_err!(NotFound, "domain {}: no current snapshot", model.name))?;
+        let path = model.path_to(current).ok_or_else(|| {
+            fs_err!(
+                NotFound,
+                "domain {}: current snapshot {current} is not in the tree",
+                model.name
+            )
+        })?;
+        let mut target = String::from(SNAPSHOTS_DIR);
+        for name in path {
+            target.push('/');
+            target.push_str(&names::snapshot_file_name(name));
+        }
+        Ok(target)
+    }
+
+    /// The entries of a directory node (without `.` and `..`).
+    fn children(&self, key: &NodeKey) -> Result<Vec<(NodeKey, String)>, FsError> {
+        let mut out = Vec::new();
+        match key {
+            NodeKey::Root => {
+                for name in self.catalog.domain_names()?.iter() {
+                    out.push((NodeKey::Domain(name.clone()), names::domain_file_name(name)));
+                }
+            }
+            NodeKey::Domain(d) => {
+                let m = self.domain(d)?;
+                out.push((NodeKey::DomainXml(d.clone()), DOMAIN_XML.into()));
+                out.push((NodeKey::Live(d.clone()), LIVE_DIR.into()));
+                if m.current.is_some() {
+                    out.push((NodeKey::Current(d.clone()), CURRENT_LINK.into()));
+                }
+                out.push((NodeKey::Snapshots(d.clone()), SNAPSHOTS_DIR.into()));
+            }
+            NodeKey::Live(d) => {
+                let m = self.domain(d)?;
+                for disk in &m.disks {
+                    out.push((
+                        NodeKey::LiveDisk(d.clone(), disk.target.clone()),
+                        disk_file_name(&disk.target),
+                    ));
+                }
+            }
+            NodeKey::Snapshots(d) => {
+                let m = self.domain(d)?;
+                for s in m.children(None) {
+                    out.push((
+                        NodeKey::Snapshot(d.clone(), s.name.clone()),
+                        names::snapshot_file_name(&s.name),
+                    ));
+                }
+            }
+            NodeKey::Snapshot(d, s) => {
+                let m = self.domain(d)?;
+                let snap = m
+                    .snapshot(s)
+                    .ok_or_else(|| fs_err!(NotFound, "domain {d}: no snapshot {s}"))?;
+                out.push((
+                    NodeKey::SnapshotXml(d.clone(), s.clone()),
+                    SNAPSHOT_XML.into(),
+                ));
+                for disk in &snap.disks {
+                    out.push((
+                        NodeKey::SnapshotDisk(d.clone(), s.clone(), disk.target.clone()),
+                        disk_file_name(&disk.target),
+                    ));
+                }
+                for child in m.children(Some(s)) {
+                    out.push((
+                        NodeKey::Snapshot(d.clone(), child.name.clone()),
+                        names::snapshot_file_name(&child.name),
+                    ));
+                }
+            }
+            other => {
+                return Err(fs_err!(NotADirectory, "{other:?} is not a directory"));
+            }
+        }
+        Ok(out)
+    }
+
+    fn parent_of(&self, key: &NodeKey) -> NodeKey {
+        match key {
+            NodeKey::Root | NodeKey::Domain(_) => NodeKey::Root,
+            NodeKey::DomainXml(d)
+            | NodeKey::Live(d)
+            | NodeKey::Current(d)
+            | NodeKey::Snapshots(d) => NodeKey::Domain(d.clone()),
+            NodeKey::LiveDisk(d, _) => NodeKey::Live(d.clone()),
+            NodeKey::SnapshotXml(d, s) | NodeKey::SnapshotDisk(d, s, _) => {
+                NodeKey::Snapshot(d.clone(), s.clone())
+            }
+            NodeKey::Snapshot(d, s) => {
+                let parent = self
+                    .catalog
+                    .domain(d)
+                    .ok()
+                    .flatten()
+                    .and_then(|m| m.snapshot(s).and_then(|s| s.parent.clone()));
+                match parent {
+                    Some(p) => NodeKey::Snapshot(d.clone(), p),
+                    None => NodeKey::Snapshots(d.clone()),
+                }
+            }
+        }
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
+        let parent_key = self.key(parent)?;
+        let name = name
+            .to_str()
+            .ok_or_else(|| fs_err!(NotFound, "{name:?}: not UTF-8"))?;
+        let child = self
+            .children(&parent_key)?
+            .into_iter()
+            .find(|(_, shown)| shown == name)
+            .map(|(k, _)| k)
+            .ok_or_else(|| fs_err!(NotFound, "{name}: no such entry"))?;
+        self.attr_of(&child)
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        let key = self.key(ino)?;
+        self.attr_of(&key)
+    }
+
+    pub fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
+        let key = self.key(ino)?;
+        let children = self.children(&key)?;
+        let mut out = vec![
+            DirEntry {
+                ino,
+                kind: NodeKind::Directory,
+                name: ".".into(),
+            },
+            DirEntry {
+                ino: self.inodes.ino(&self.parent_of(&key)),
+                kind: NodeKind::Directory,
+                name: "..".into(),
+            },
+        ];
+        for (child, name) in children {
+            let kind = match child {
+                NodeKey::DomainXml(_)
+                | NodeKey::SnapshotXml(..)
+                | NodeKey::LiveDisk(..)
+                | NodeKey::SnapshotDisk(..) => NodeKind::File,
+                NodeKey::Current(_) => NodeKind::Symlink,
+                _ => NodeKind::Directory,
+            };
+            out.push(DirEntry {
+                ino: self.inodes.ino(&child),
+                kind,
+                name: name.into(),
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<OsString, FsError> {
+        match self.key(ino)? {
+            NodeKey::Current(d) => Ok(self.current_target(&*self.domain(&d)?)?.into()),
+            other => Err(fs_err!(InvalidArgument, "{other:?} is not a symlink")),
+        }
+    }
+
+    /// Opens a file for reading. Writing is refused: served disks are read-only views.
+    pub fn open(&self, ino: u64, write: bool) -> Result<Opened, FsError> {
+        let key = self.key(ino)?;
+        if write {
+            return Err(fs_err!(
+                ReadOnly,
+                "{}: virtsnapfs serves disks and XML read-only; copy the file to change it",
+                self.describe(&key)
+            ));
+        }
+        let (handle, keep_cache) = match &key {
+            NodeKey::DomainXml(d) => {
+                let m = self.domain(d)?;
+                (Handle::Bytes(Arc::from(m.xml.as_bytes())), false)
+            }
+            NodeKey::SnapshotXml(d, s) => {
+                let m = self.domain(d)?;
+                let snap = m
+                    .snapshot(s)
+                    .ok_or_else(|| fs_err!(NotFound, "domain {d}: no snapshot {s}"))?;
+                (Handle::Bytes(Arc::from(snap.xml.as_bytes())), true)
+            }
+            NodeKey::LiveDisk(d, t) => {
+                let m = self.domain(d)?;
+                let disk = self.live_disk(&m, t)?;
+                let label = format!("domain {d} live disk {t}");
+                // A live disk may be changing: re-read its metadata at every open.
+                let chain = self.chain(
+                    ChainKey::Live(d.clone(), t.clone()),
+                    &disk.chain,
+                    Some(Duration::ZERO),
+                    &label,
+                )?;
+                (Handle::Disk { chain, label }, false)
+            }
+            NodeKey::SnapshotDisk(d, s, t) => {
+                let m = self.domain(d)?;
+                let disk = self.snapshot_disk(&m, s, t)?;
+                let label = format!("domain {d} snapshot {s} disk {t}");
+                let chain = self.chain(
+                    ChainKey::Snapshot(d.clone(), s.clone(), t.clone()),
+                    &disk.chain,
+                    None,
+                    &label,
+                )?;
+                // A snapshot's bytes never change: the kernel may keep its cached pages.
+                (Handle::Disk { chain, label }, true)
+            }
+            NodeKey::Current(_) => {
+                return Err(fs_err!(
+                    InvalidArgument,
+                    "the current symlink cannot be opened"
+                ))
+            }
+            other => return Err(fs_err!(IsADirectory, "{other:?} is a directory")),
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, handle);
+        Ok(Opened { fh, keep_cache })
+    }
+
+    fn handle(&self, fh: u64) -> Result<HandleRef, FsError> {
+        match self.handles.lock().get(&fh) {
+            Some(Handle::Disk { chain, label }) => {
+                Ok(HandleRef::Disk(chain.clone(), label.clone()))
+            }
+            Some(Handle::Bytes(b)) => Ok(HandleRef::Bytes(b.clone())),
+            None => Err(fs_err!(BadHandle, "file handle {fh} is not open")),
+        }
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        match self.handle(fh)? {
+            HandleRef::Bytes(b) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
+                let end = start.saturating_add(size as usize).min(b.len());
+                Ok(b[start..end].to_vec())
+            }
+            HandleRef::Disk(chain, label) => {
+                let mut buf = vec![0u8; size as usize];
+                let n = chain
+                    .read_at(&mut buf, offset)
+                    .map_err(|e| fs_err!(Io, "{label}: read at {offset}: {e}"))?;
+                buf.truncate(n);
+                Ok(buf)
+            }
+        }
+    }
+
+    /// SEEK_DATA / SEEK_HOLE, so `cp --sparse` and `qemu-img convert` skip holes.
+    pub fn lseek(&self, fh: u64, offset: u64, whence: Whence) -> Result<u64, FsError> {
+        let past_end = || fs_err!(NoSuchOffset, "offset {offset} is at or past the end");
+        match self.handle(fh)? {
+            HandleRef::Bytes(b) => {
+                let len = b.len() as u64;
+                if offset >= len {
+                    return Err(past_end());
+                }
+                Ok(match whence {
+                    Whence::Data => offset,
+                    Whence::Hole => len,
+                })
+            }
+            HandleRef::Disk(chain, label) => {
+                if offset >= chain.size() {
+                    return Err(past_end());
+                }
+                let io = |e| fs_err!(Io, "{label}: seek: {e}");
+                match whence {
+                    Whence::Data => chain.next_data(offset).map_err(io)?.ok_or_else(past_end),
+                    Whence::Hole => chain.next_hole(offset).map_err(io),
+                }
+            }
+        }
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles.lock().remove(&fh);
+    }
+
+    /// Any change to a file's contents or attributes, and any create, link or unlink.
+    pub fn refuse_change(&self, ino: u64, what: &str) -> FsError {
+        let who = self
+            .key(ino)
+            .map(|k| self.describe(&k))
+            .unwrap_or_else(|_| format!("inode {ino}"));
+        fs_err!(
+            ReadOnly,
+            "{what} on {who} refused: virtsnapfs serves disks and XML read-only; copy a file out to change it"
+        )
+    }
+
+    /// mkdir, rename and rmdir: the snapshot operations, not enabled in this version.
+    pub fn refuse_snapshot_operation(&self, what: &str, name: &OsStr) -> FsError {
+        fs_err!(
+            ReadOnly,
+            "{what} {}: snapshot operations are not enabled in this version; use virsh snapshot-create-as, snapshot-revert or snapshot-delete",
+            String::from_utf8_lossy(name.as_bytes())
+        )
+    }
+
+    fn describe(&self, key: &NodeKey) -> String {
+        match key {
+            NodeKey::Root => "the mount root".into(),
+            NodeKey::Domain(d) => format!("domain {d}"),
+            NodeKey::DomainXml(d) => format!("domain {d} {DOMAIN_XML}"),
+            NodeKey::Live(d) => format!("domain {d} {LIVE_DIR}/"),
+            NodeKey::LiveDisk(d, t) => format!("domain {d} live disk {t}"),
+            NodeKey::Current(d) => format!("domain {d} {CURRENT_LINK}"),
+            NodeKey::Snapshots(d) => format!("domain {d} {SNAPSHOTS_DIR}/"),
+            NodeKey::Snapshot(d, s) => format!("domain {d} snapshot {s}"),
+            NodeKey::SnapshotXml(d, s) => format!("domain {d} snapshot {s} {SNAPSHOT_XML}"),
+            NodeKey::SnapshotDisk(d, s, t) => format!("domain {d} snapshot {s} disk {t}"),
+        }
+    }
+
+    pub fn root_ino(&self) -> u64 {
+        ROOT_INO
+    }
+}
+
+enum HandleRef {
+    Disk(Arc<Chain>, String),
+    Bytes(Arc<[u8]>),
+}

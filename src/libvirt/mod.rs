@@ -1,0 +1,166 @@
+//! The libvirt side: a connection that reconnects by itself, and the loading of a domain's
+//! model (disks, snapshot tree, current snapshot) from libvirt's XML.
+
+pub mod xml;
+
+use std::sync::Arc;
+
+use log::{info, warn};
+use parking_lot::Mutex;
+use virt::connect::Connect;
+
+use crate::fs::backend::{Backend, BackendError};
+use crate::model::DomainModel;
+use xml::DiskEntry;
+
+pub struct LibvirtBackend {
+    uri: Option<String>,
+    conn: Mutex<Option<Arc<Connect>>>,
+}
+
+impl LibvirtBackend {
+    /// Connects to `uri` (None: libvirt's default, LIBVIRT_DEFAULT_URI or its built-in one).
+    /// Fails if the first connection fails, so a mistyped URI is reported at mount time.
+    pub fn connect(uri: Option<String>) -> Result<LibvirtBackend, BackendError> {
+        // libvirt prints every error to stderr by default; we log them ourselves, once.
+        virt::error::clear_error_callback();
+        let backend = LibvirtBackend {
+            uri,
+            conn: Mutex::new(None),
+        };
+        backend.connection()?;
+        Ok(backend)
+    }
+
+    fn connection(&self) -> Result<Arc<Connect>, BackendError> {
+        let mut slot = self.conn.lock();
+        if let Some(conn) = slot.as_ref() {
+            if conn.is_alive().unwrap_or(false) {
+                return Ok(conn.clone());
+            }
+            warn!("libvirt connection lost; reconnecting");
+            *slot = None;
+        }
+        let conn = Connect::open(self.uri.as_deref()).map_err(|e| {
+            BackendError(format!(
+                "cannot connect to libvirt at {}: {}",
+                self.uri.as_deref().unwrap_or("the default URI"),
+                e.message()
+            ))
+        })?;
+        if let Ok(uri) = conn.uri() {
+            info!("connected to libvirt at {uri}");
+        }
+        let conn = Arc::new(conn);
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Runs `f` on the connection; on failure, checks the connection so the next call
+    /// reconnects if it was lost.
+    fn with_connection<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&Connect) -> Result<T, virt::error::Error>,
+    ) -> Result<T, LoadError> {
+        let conn = self.connection().map_err(LoadError::Backend)?;
+        f(&conn).map_err(|e| {
+            if !conn.is_alive().unwrap_or(false) {
+                *self.conn.lock() = None;
+            }
+            if matches!(
+                e.code(),
+                virt::enumutil::Enum::Known(virt::error::ErrorNumber::NoDomain)
+            ) {
+                LoadError::NoDomain
+            } else {
+                LoadError::Backend(BackendError(format!("{what}: {}", e.message())))
+            }
+        })
+    }
+}
+
+enum LoadError {
+    NoDomain,
+    Backend(BackendError),
+}
+
+fn load(conn: &Connect, name: &str) -> Result<DomainModel, virt::error::Error> {
+    let dom = conn.lookup_domain_by_name(name)?;
+    let xml = dom.xml_desc(0)?;
+    let active = dom.is_active()?;
+    let mut snapshots = Vec::new();
+    for snap in dom.list_all_snapshots(0)? {
+        let snap_xml = snap.xml_desc(0)?;
+        match xml::parse_snapshot(&snap_xml) {
+            Ok((model, skipped)) => {
+                log_skipped(name, Some(&model.name), &skipped);
+                snapshots.push(model);
+            }
+            Err(e) => {
+                warn!("domain {name}: a snapshot's XML cannot be read ({e}); it is not shown")
+            }
+        }
+    }
+    snapshots.sort_by(|a, b| (a.creation_time, &a.name).cmp(&(b.creation_time, &b.name)));
+    let current = dom.current_snapshot(0).ok().and_then(|s| s.name().ok());
+    let disks = match xml::parse_domain(&xml) {
+        Ok(entries) => {
+            log_skipped(name, None, &entries);
+            entries
+                .into_iter()
+                .filter_map(|e| match e {
+                    DiskEntry::Served(d) => Some(d),
+                    DiskEntry::Skipped { .. } => None,
+                })
+                .collect()
+        }
+        Err(e) => {
+            warn!("domain {name}: its XML cannot be read ({e}); no live disks are shown");
+            Vec::new()
+        }
+    };
+    Ok(DomainModel {
+        name: name.to_string(),
+        xml,
+        active,
+        disks,
+        snapshots,
+        current,
+    })
+}
+
+fn log_skipped(domain: &str, snapshot: Option<&str>, entries: &[DiskEntry]) {
+    for e in entries {
+        if let DiskEntry::Skipped { target, reason } = e {
+            // Excluded disks are expected; only unusual skips are worth a warning.
+            let at = snapshot.map_or(String::new(), |s| format!(" snapshot {s}"));
+            log::debug!("domain {domain}{at} disk {target}: not shown: {reason}");
+        }
+    }
+}
+
+impl Backend for LibvirtBackend {
+    fn list_domains(&self) -> Result<Vec<String>, BackendError> {
+        let names = self.with_connection("listing domains", |c| {
+            let mut names = Vec::new();
+            for d in c.list_all_domains(0)? {
+                names.push(d.name()?);
+            }
+            Ok(names)
+        });
+        match names {
+            Ok(n) => Ok(n),
+            Err(LoadError::Backend(e)) => Err(e),
+            Err(LoadError::NoDomain) => Ok(Vec::new()),
+        }
+    }
+
+    fn load_domain(&self, name: &str) -> Result<Option<DomainModel>, BackendError> {
+        match self.with_connection(&format!("reading domain {name}"), |c| load(c, name)) {
+            Ok(m) => Ok(Some(m)),
+            Err(LoadError::NoDomain) => Ok(None),
+            Err(LoadError::Backend(e)) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! What the filesystem shows, as plain data: domains, their disks and their snapshot trees.
+//! Built by `crate::libvirt` from libvirt's XML, consumed by `crate::fs`; neither side needs
+//! the other, so the filesystem core is tested with hand-made models.
+
+use crate::image::ChainSpec;
+
+/// One disk as it is served: its target name (`vda`) and the chain that holds its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskModel {
+    pub target: String,
+    pub chain: ChainSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotModel {
+    pub name: String,
+    pub parent: Option<String>,
+    /// Seconds since the epoch (libvirt's creationTime).
+    pub creation_time: i64,
+    /// libvirt's state at snapshot time: running, shutoff, disk-snapshot, ...
+    pub state: String,
+    pub xml: String,
+    /// The disks this snapshot captured (disks with snapshot='no' are left out).
+    pub disks: Vec<DiskModel>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainModel {
+    pub name: String,
+    pub xml: String,
+    pub active: bool,
+    pub disks: Vec<DiskModel>,
+    pub snapshots: Vec<SnapshotModel>,
+    pub current: Option<String>,
+}
+
+impl DomainModel {
+    pub fn snapshot(&self, name: &str) -> Option<&SnapshotModel> {
+        self.snapshots.iter().find(|s| s.name == name)
+    }
+
+    /// Snapshots whose parent is `parent` (None: the roots), in creation order.
+    pub fn children<'a>(
+        &'a self,
+        parent: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a SnapshotModel> + 'a {
+        self.snapshots
+            .iter()
+            .filter(move |s| s.parent.as_deref() == parent)
+    }
+
+    /// Names from the root snapshot down to `name`, or None if `name` does not exist. A
+    /// parent cycle in the metadata (never produced by libvirt) stops the walk.
+    pub fn path_to(&self, name: &str) -> Option<Vec<&str>> {
+        let mut path = vec![self.snapshot(name)?.name.as_str()];
+        let mut cursor = self.snapshot(name)?;
+        while let Some(parent) = cursor.parent.as_deref() {
+            if path.len() > self.snapshots.len() {
+                return None;
+            }
+            cursor = self.snapshot(parent)?;
+            path.push(cursor.name.as_str());
+        }
+        path.reverse();
+        Some(path)
+    }
+}
