@@ -58,9 +58,11 @@ fn parse_number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, Stri
 /// Parses `-o` option lists. Unknown options are an error, so typos do not pass silently.
 pub fn parse_options(lists: &[String]) -> Result<MountOptions, String> {
     let mut o = MountOptions {
+        // fuser's own mount path hands Subtype only to fusermount; the kernel takes
+        // `subtype=` itself, which makes the mount show as type fuse.virtsnapfs.
         fuse: vec![
             MountOption::FSName("virtsnapfs".into()),
-            MountOption::Subtype("virtsnapfs".into()),
+            MountOption::CUSTOM("subtype=virtsnapfs".into()),
             MountOption::DefaultPermissions,
         ],
         acl: SessionACL::Owner,
@@ -84,7 +86,7 @@ pub fn parse_options(lists: &[String]) -> Result<MountOptions, String> {
             ("auto_unmount", None) => o.fuse.push(MountOption::AutoUnmount),
             ("default_permissions", None) => {}
             ("fsname", Some(v)) => o.fuse[0] = MountOption::FSName(v.into()),
-            ("subtype", Some(v)) => o.fuse[1] = MountOption::Subtype(v.into()),
+            ("subtype", Some(v)) => o.fuse[1] = MountOption::CUSTOM(format!("subtype={v}")),
             ("ro", None) => o.fuse.push(MountOption::RO),
             ("rw", None) => o.fuse.push(MountOption::RW),
             ("dev", None) => o.fuse.push(MountOption::Dev),

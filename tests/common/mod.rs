@@ -2,6 +2,8 @@
 //! (the oracle), and the comparison of our bytes with `qemu-img convert -O raw`.
 #![allow(dead_code)]
 
+pub mod vm;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
