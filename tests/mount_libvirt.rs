@@ -552,3 +552,30 @@ fn detached_mount_and_fstab_style_mount_through_mount_fuse3() {
     sh("umount", &[mnt.to_str().unwrap()]);
     eventually(5, "unmounted", || !virtsnapfs::mount::is_mounted(&mnt));
 }
+
+#[test]
+fn disks_are_owner_only_unless_disk_mode_says_otherwise() {
+    let dom = TestDomain::new("perm", "1M");
+    dom.snapshot("s", &[]);
+    let as_nobody = |mount: &Mount, rel: &str| {
+        Command::new("runuser")
+            .args(["-u", "nobody", "--", "cat"])
+            .arg(mount.path(&format!("{}/{rel}", dom.name)))
+            .output()
+            .unwrap()
+    };
+    let mount = Mount::new(&["allow_other"]);
+    let out = as_nobody(&mount, "snapshots/s/vda.raw");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
+    // XML files are world-readable.
+    assert!(as_nobody(&mount, "domain.xml").status.success());
+    drop(mount);
+
+    let mount = Mount::new(&["allow_other", "disk_mode=0444"]);
+    let out = as_nobody(&mount, "snapshots/s/vda.raw");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout.len(), 1 << 20);
+}
