@@ -12,6 +12,8 @@
 //! - [`fuse`]: the thin fuser adapter over [`fs`].
 //! - [`mount`]: command-line mount options, daemonizing and clean unmounting.
 
+#![forbid(unsafe_code)]
+
 pub mod cache;
 pub mod fs;
 pub mod fuse;

@@ -196,3 +196,23 @@ fn inode_numbers_are_stable_and_distinct() {
     sorted.dedup();
     assert_eq!(sorted.len(), first.len());
 }
+
+#[test]
+fn several_roots_after_deleting_a_root_with_two_children() {
+    let (conn, fs) = setup("core-roots");
+    snapshot(&conn, "core-roots", "a");
+    snapshot(&conn, "core-roots", "b");
+    let dom = conn.lookup_domain_by_name("core-roots").unwrap();
+    virt::domain::Domain::lookup_snapshot_by_name(&dom, "a", 0)
+        .unwrap()
+        .revert(0)
+        .unwrap();
+    snapshot(&conn, "core-roots", "c");
+    virt::domain::Domain::lookup_snapshot_by_name(&dom, "a", 0)
+        .unwrap()
+        .delete(0)
+        .unwrap();
+    let mut roots = names(&fs, "core-roots/snapshots");
+    roots.sort();
+    assert_eq!(roots, ["b", "c"]);
+}

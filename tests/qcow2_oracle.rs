@@ -571,3 +571,141 @@ fn allocation_and_seek_data_agree_with_qemu_img_map() {
     assert_eq!(chain.next_data((4 << 20) + (512 << 10)).unwrap(), None);
     assert_eq!(chain.next_hole((8 << 20) - 1).unwrap(), (8 << 20) - 1);
 }
+
+#[test]
+fn reads_from_many_threads_at_once_agree_with_qemu() {
+    let s = Scratch::new();
+    s.qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=4k",
+        "base.qcow2",
+        "8M",
+    ]);
+    scribble(&s, "qcow2", "base.qcow2", 8 << 20, 21);
+    s.qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        "top.qcow2",
+    ]);
+    scribble(&s, "qcow2", "top.qcow2", 8 << 20, 22);
+    let expected = s.reference("top.qcow2", "qcow2", None);
+    // A small cache, so threads also race on evictions.
+    let spec = virtsnapfs::image::ChainSpec::from_image(s.path("top.qcow2"), None);
+    let cache = std::sync::Arc::new(virtsnapfs::cache::MetadataCache::new(64 << 10));
+    let chain = virtsnapfs::image::open_chain(&spec, cache).unwrap();
+    std::thread::scope(|scope| {
+        for t in 0..4u64 {
+            let (chain, expected) = (&chain, &expected);
+            scope.spawn(move || {
+                let mut state = t + 1;
+                for _ in 0..300 {
+                    let offset = common::next_random(&mut state) % (8 << 20);
+                    let len = (common::next_random(&mut state) % (200 << 10)) as usize;
+                    let mut buf = vec![0u8; len];
+                    let n = chain.read_at(&mut buf, offset).unwrap();
+                    let o = offset as usize;
+                    assert!(
+                        buf[..n] == expected[o..o + n],
+                        "thread {t}: bytes differ at {offset}"
+                    );
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn inspect_json_agrees_with_qemu_img_info() {
+    let s = Scratch::new();
+    s.qemu_img(&["create", "-q", "-f", "raw", "base.raw", "2M"]);
+    s.qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=16k,extended_l2=on",
+        "-b",
+        "base.raw",
+        "-F",
+        "raw",
+        "mid.qcow2",
+        "3M",
+    ]);
+    s.qemu_io("qcow2", "mid.qcow2", &["write -P 1 0 100k"]);
+    s.qemu_img(&["snapshot", "-c", "snap1", "mid.qcow2"]);
+    s.qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "mid.qcow2",
+        "-F",
+        "qcow2",
+        "top.qcow2",
+    ]);
+    let out = s.run(
+        env!("CARGO_BIN_EXE_virtsnapfs"),
+        &["inspect", "--json", "top.qcow2"],
+    );
+    let ours: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let theirs: serde_json::Value = serde_json::from_str(&s.qemu_img(&[
+        "info",
+        "--backing-chain",
+        "--output=json",
+        "top.qcow2",
+    ]))
+    .unwrap();
+    let (ours, theirs) = (
+        ours["layers"].as_array().unwrap(),
+        theirs.as_array().unwrap(),
+    );
+    assert_eq!(ours.len(), theirs.len());
+    for (o, t) in ours.iter().zip(theirs) {
+        assert_eq!(o["format"], t["format"]);
+        assert_eq!(o["virtual-size"], t["virtual-size"]);
+        if let Some(cluster) = t.get("cluster-size") {
+            assert_eq!(&o["qcow2"]["cluster-size"], cluster);
+        }
+        if let Some(backing) = t.get("backing-filename") {
+            assert_eq!(&o["qcow2"]["backing-filename"], backing);
+        }
+        let names = |v: Option<&serde_json::Value>| -> Vec<String> {
+            v.and_then(|s| s.as_array())
+                .map(|a| {
+                    a.iter()
+                        .map(|x| x["name"].as_str().unwrap().to_string())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            names(o["qcow2"].get("snapshots")),
+            names(t.get("snapshots"))
+        );
+    }
+    // Extended L2 with 16 KiB clusters allocates in 512-byte subclusters: exactly 100 KiB.
+    assert_eq!(ours[1]["allocated-bytes"], 100 << 10);
+    assert!(ours[1]["qcow2"]["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f == "extended-l2"));
+    // The text form names every layer too.
+    let text = s.run(env!("CARGO_BIN_EXE_virtsnapfs"), &["inspect", "top.qcow2"]);
+    assert!(
+        text.contains("snap1") && text.contains("base.raw") && text.contains("file format: raw"),
+        "{text}"
+    );
+}

@@ -9,8 +9,6 @@
 //! Modules, one per on-disk structure: [`header`], [`extensions`], [`l2`] (L1/L2 entries),
 //! [`compression`], [`snapshot`].
 
-#![forbid(unsafe_code)]
-
 pub mod compression;
 pub mod error;
 pub mod extensions;
