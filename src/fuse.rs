@@ -2,7 +2,9 @@
 //! replies. No filesystem logic lives here, so the core is tested without FUSE in the loop.
 //! Each failure is logged here, once, at the level its kind calls for.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
+use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{
@@ -12,20 +14,62 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::fs::{Attr, FsError, NodeKind, VirtSnapFs, Whence};
+use crate::fs::{Attr, FsError, KernelCache, NodeKind, VirtSnapFs, Whence};
 
 /// Largest read the kernel sends us in one request (fuser derives max_pages from it).
 const MAX_READ: u32 = 1 << 20;
 
 pub struct FuseAdapter {
-    fs: VirtSnapFs,
+    fs: Arc<VirtSnapFs>,
     ttl: Duration,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: VirtSnapFs) -> FuseAdapter {
+    pub fn new(fs: Arc<VirtSnapFs>) -> FuseAdapter {
         let ttl = fs.options().refresh;
         FuseAdapter { fs, ttl }
+    }
+}
+
+/// Sends the core's invalidations to the kernel from a worker thread: never from a request
+/// handler, where the kernel may hold the very directory lock a notification needs. Each
+/// batch is sent twice, the second time after the kernel has finished its own bookkeeping of
+/// the request that caused it (a rename moves the dentry after our reply).
+pub struct NotifierKernelCache {
+    tx: parking_lot::Mutex<mpsc::Sender<Invalidation>>,
+}
+
+/// (parent inode, name) entries and inodes to drop from the kernel's caches.
+type Invalidation = (Vec<(u64, OsString)>, Vec<u64>);
+
+impl NotifierKernelCache {
+    pub fn start(notifier: fuser::Notifier) -> NotifierKernelCache {
+        let (tx, rx) = mpsc::channel::<Invalidation>();
+        std::thread::spawn(move || {
+            let send = |entries: &[(u64, OsString)], inodes: &[u64]| {
+                // ENOENT (nothing cached) is the common, harmless answer.
+                for (parent, name) in entries {
+                    let _ = notifier.inval_entry(INodeNo(*parent), name);
+                }
+                for ino in inodes {
+                    let _ = notifier.inval_inode(INodeNo(*ino), 0, 0);
+                }
+            };
+            while let Ok((entries, inodes)) = rx.recv() {
+                send(&entries, &inodes);
+                std::thread::sleep(Duration::from_millis(100));
+                send(&entries, &inodes);
+            }
+        });
+        NotifierKernelCache {
+            tx: parking_lot::Mutex::new(tx),
+        }
+    }
+}
+
+impl KernelCache for NotifierKernelCache {
+    fn invalidate(&self, entries: Vec<(u64, OsString)>, inodes: Vec<u64>) {
+        let _ = self.tx.lock().send((entries, inodes));
     }
 }
 
@@ -130,30 +174,30 @@ impl Filesystem for FuseAdapter {
     fn mkdir(
         &self,
         _req: &Request,
-        _parent: INodeNo,
+        parent: INodeNo,
         name: &OsStr,
         _mode: u32,
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(
-            "mkdir",
-            &self.fs.refuse_snapshot_operation("mkdir", name),
-        ));
+        match self.fs.mkdir(parent.0, name) {
+            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno("mkdir", &e)),
+        }
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(
-            "unlink",
-            &self.fs.refuse_change(parent.0, "removing a file"),
-        ));
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.fs.unlink(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("unlink", &e)),
+        }
     }
 
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(
-            "rmdir",
-            &self.fs.refuse_snapshot_operation("rmdir", name),
-        ));
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.fs.rmdir(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("rmdir", &e)),
+        }
     }
 
     fn symlink(
@@ -173,17 +217,20 @@ impl Filesystem for FuseAdapter {
     fn rename(
         &self,
         _req: &Request,
-        _parent: INodeNo,
+        parent: INodeNo,
         name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: RenameFlags,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(errno(
-            "rename",
-            &self.fs.refuse_snapshot_operation("rename", name),
-        ));
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            return reply.error(Errno::from_i32(libc::EINVAL));
+        }
+        match self.fs.rename(parent.0, name, newparent.0, newname) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("rename", &e)),
+        }
     }
 
     fn link(

@@ -9,6 +9,7 @@
 //! - [`model`]: domains, disks and snapshot trees as plain data.
 //! - [`libvirt`]: builds the model from libvirt (connection, XML).
 //! - [`fs`]: the filesystem core (tree, lookups, reads, errno table), FUSE-agnostic.
+//! - [`ops`]: the snapshot operations behind mkdir, rename and rmdir.
 //! - [`fuse`]: the thin fuser adapter over [`fs`].
 //! - [`mount`]: command-line mount options, daemonizing and clean unmounting.
 
@@ -22,5 +23,6 @@ pub mod inspect;
 pub mod libvirt;
 pub mod model;
 pub mod mount;
+pub mod ops;
 pub mod qcow2;
 pub mod source;

@@ -9,6 +9,9 @@ use crate::image::ChainSpec;
 pub struct DiskModel {
     pub target: String,
     pub chain: ChainSpec,
+    /// For an external snapshot: the overlay libvirt created on top of the snapshot's image
+    /// when the snapshot was taken (it took the writes from then on).
+    pub overlay: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -128,6 +128,15 @@ pub fn parse_options(lists: &[String]) -> Result<MountOptions, String> {
                 }
             }
             ("log_file", Some(v)) => o.log_file = Some(PathBuf::from(v)),
+            ("snapshot_kind", Some(v)) => {
+                o.fs.ops.kind = match v {
+                    "auto" => crate::ops::SnapshotKind::Auto,
+                    "internal" => crate::ops::SnapshotKind::Internal,
+                    "external" => crate::ops::SnapshotKind::External,
+                    _ => return Err(format!("snapshot_kind={v}: use auto, internal or external")),
+                }
+            }
+            ("allow_stop", None) => o.fs.ops.allow_stop = true,
             _ => return Err(format!("unknown mount option '{item}' (see virtsnapfs(1))")),
         }
     }
@@ -260,7 +269,7 @@ fn detach(request: &MountRequest) -> Result<(), String> {
 fn run_foreground(request: &MountRequest, options: MountOptions) -> Result<(), String> {
     let uri = connection_uri(request, &options);
     let backend = LibvirtBackend::connect(uri).map_err(|e| e.to_string())?;
-    let fs = VirtSnapFs::new(Arc::new(backend), options.fs.clone());
+    let fs = Arc::new(VirtSnapFs::new(Arc::new(backend), options.fs.clone()));
     let mut config = Config::default();
     config.mount_options = options.fuse.clone();
     config.acl = options.acl;
@@ -272,8 +281,11 @@ fn run_foreground(request: &MountRequest, options: MountOptions) -> Result<(), S
         signal_hook::consts::SIGHUP,
     ])
     .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let session = fuser::spawn_mount(FuseAdapter::new(fs), &request.mountpoint, &config)
+    let session = fuser::spawn_mount(FuseAdapter::new(fs.clone()), &request.mountpoint, &config)
         .map_err(|e| format!("cannot mount {}: {e}", request.mountpoint.display()))?;
+    fs.set_kernel_cache(Arc::new(crate::fuse::NotifierKernelCache::start(
+        session.notifier(),
+    )));
     info!("mounted on {}", request.mountpoint.display());
 
     let (tx, rx) = mpsc::channel();
@@ -325,6 +337,10 @@ mod tests {
             .contains("unknown mount option"));
         assert!(parse_options(&["disk_mode=999".into()]).is_err());
         assert!(parse_options(&["threads=0".into()]).is_err());
+        let o = parse_options(&["snapshot_kind=external,allow_stop".into()]).unwrap();
+        assert_eq!(o.fs.ops.kind, crate::ops::SnapshotKind::External);
+        assert!(o.fs.ops.allow_stop);
+        assert!(parse_options(&["snapshot_kind=both".into()]).is_err());
     }
 
     #[test]

@@ -1,14 +1,68 @@
-//! What the filesystem needs from the hypervisor side: domain names and domain models.
-//! `crate::libvirt::LibvirtBackend` implements it over a real connection.
+//! What the filesystem needs from the hypervisor side: domain names and models, and the few
+//! calls that change snapshots and domains. `crate::libvirt::LibvirtBackend` implements it
+//! over a real connection.
 
 use crate::model::DomainModel;
 
+/// What kind of failure a backend call had, so the filesystem can pick an errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendErrorKind {
+    /// Could not talk to the hypervisor, or the call failed for another reason.
+    Failed,
+    /// The request itself was refused as invalid (a bad name, an impossible shape).
+    Invalid,
+    /// The hypervisor does not support this operation for this shape.
+    Unsupported,
+    /// Something is in the way (another job running, the domain's state).
+    Busy,
+}
+
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-#[error("{0}")]
-pub struct BackendError(pub String);
+#[error("{message}")]
+pub struct BackendError {
+    pub kind: BackendErrorKind,
+    pub message: String,
+}
+
+impl BackendError {
+    pub fn failed(message: impl Into<String>) -> BackendError {
+        BackendError {
+            kind: BackendErrorKind::Failed,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainState {
+    Running,
+    Paused,
+    ShutOff,
+    /// Crashed, suspended to disk, shutting down, ...
+    Other,
+}
+
+/// libvirt's snapshot flags that the operations use (libvirt-domain-snapshot.h).
+pub mod flags {
+    pub const CREATE_REDEFINE: u32 = 1;
+    pub const CREATE_CURRENT: u32 = 2;
+    pub const CREATE_DISK_ONLY: u32 = 16;
+    pub const CREATE_QUIESCE: u32 = 64;
+    pub const CREATE_ATOMIC: u32 = 128;
+    pub const DELETE_METADATA_ONLY: u32 = 2;
+}
 
 pub trait Backend: Send + Sync {
     fn list_domains(&self) -> Result<Vec<String>, BackendError>;
     /// The domain's model, or None when no such domain exists.
     fn load_domain(&self, name: &str) -> Result<Option<DomainModel>, BackendError>;
+    fn domain_state(&self, domain: &str) -> Result<DomainState, BackendError>;
+    /// The persistent (inactive) domain XML, as `virsh dumpxml --inactive --security-info`.
+    fn inactive_xml(&self, domain: &str) -> Result<String, BackendError>;
+    fn define_domain(&self, xml: &str) -> Result<(), BackendError>;
+    /// Stops a running domain at once (virsh destroy).
+    fn destroy_domain(&self, domain: &str) -> Result<(), BackendError>;
+    fn create_snapshot(&self, domain: &str, xml: &str, flags: u32) -> Result<(), BackendError>;
+    fn revert_snapshot(&self, domain: &str, name: &str, flags: u32) -> Result<(), BackendError>;
+    fn delete_snapshot(&self, domain: &str, name: &str, flags: u32) -> Result<(), BackendError>;
 }

@@ -23,6 +23,13 @@ pub enum ErrorKind {
     NoSuchOffset,
     /// A file handle we never issued.
     BadHandle,
+    /// The name is taken (mkdir or rename onto an existing snapshot).
+    Exists,
+    /// Something still needs what the operation would change, or the domain's state is in
+    /// the way; the message says what to do.
+    Busy,
+    /// libvirt or virtsnapfs cannot do this for this shape of snapshot.
+    Unsupported,
 }
 
 impl ErrorKind {
@@ -37,6 +44,9 @@ impl ErrorKind {
             ErrorKind::Io => libc::EIO,
             ErrorKind::NoSuchOffset => libc::ENXIO,
             ErrorKind::BadHandle => libc::EBADF,
+            ErrorKind::Exists => libc::EEXIST,
+            ErrorKind::Busy => libc::EBUSY,
+            ErrorKind::Unsupported => libc::EOPNOTSUPP,
         }
     }
 
@@ -48,9 +58,12 @@ impl ErrorKind {
             ErrorKind::NotADirectory | ErrorKind::IsADirectory | ErrorKind::BadHandle => {
                 log::Level::Info
             }
-            ErrorKind::ReadOnly | ErrorKind::NotPermitted | ErrorKind::InvalidArgument => {
-                log::Level::Warn
-            }
+            ErrorKind::ReadOnly
+            | ErrorKind::NotPermitted
+            | ErrorKind::InvalidArgument
+            | ErrorKind::Exists
+            | ErrorKind::Busy
+            | ErrorKind::Unsupported => log::Level::Warn,
             ErrorKind::Io => log::Level::Error,
         }
     }

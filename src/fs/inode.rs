@@ -76,6 +76,23 @@ impl InodeTable {
         ino
     }
 
+    /// The inode of `key` if one was ever assigned (the kernel may have it cached).
+    pub fn existing(&self, key: &NodeKey) -> Option<u64> {
+        self.inner.lock().by_key.get(key).copied()
+    }
+
+    /// Every assigned inode whose node belongs to `domain`.
+    pub fn of_domain(&self, domain: &str) -> Vec<u64> {
+        let inner = self.inner.lock();
+        inner
+            .by_ino
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| k.domain() == Some(domain))
+            .map(|(i, _)| i as u64 + 1)
+            .collect()
+    }
+
     pub fn key(&self, ino: u64) -> Option<NodeKey> {
         let index = usize::try_from(ino.checked_sub(1)?).ok()?;
         self.inner.lock().by_ino.get(index).cloned()

@@ -21,7 +21,6 @@ pub mod names;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::num::NonZeroUsize;
-use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -34,6 +33,7 @@ use crate::cache::MetadataCache;
 use crate::fs_err;
 use crate::image::{open_chain, Chain, ChainSpec};
 use crate::model::{DiskModel, DomainModel};
+use crate::ops::{OpsOptions, SnapshotOps};
 use backend::Backend;
 use catalog::Catalog;
 pub use error::{ErrorKind, FsError};
@@ -100,6 +100,7 @@ pub struct Options {
     /// How long a domain's model, and a live disk's chain for `stat`, are reused.
     pub refresh: Duration,
     pub cache_bytes: usize,
+    pub ops: OpsOptions,
 }
 
 impl Default for Options {
@@ -110,6 +111,7 @@ impl Default for Options {
             gid: 0,
             refresh: Duration::from_secs(1),
             cache_bytes: crate::cache::DEFAULT_CACHE_BYTES,
+            ops: OpsOptions::default(),
         }
     }
 }
@@ -131,8 +133,23 @@ struct ChainEntry {
     result: Result<Arc<Chain>, String>,
 }
 
+/// The kernel's caches of names, attributes and pages, which must forget what an operation
+/// changed. The FUSE adapter implements it with fuser's Notifier; it must not block (the
+/// kernel holds directory locks while it waits for the reply of mkdir, rename and rmdir).
+pub trait KernelCache: Send + Sync {
+    fn invalidate(&self, entries: Vec<(u64, OsString)>, inodes: Vec<u64>);
+}
+
+struct NoKernelCache;
+
+impl KernelCache for NoKernelCache {
+    fn invalidate(&self, _entries: Vec<(u64, OsString)>, _inodes: Vec<u64>) {}
+}
+
 pub struct VirtSnapFs {
     catalog: Catalog,
+    ops: SnapshotOps,
+    kernel_cache: parking_lot::RwLock<Arc<dyn KernelCache>>,
     inodes: inode::InodeTable,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
@@ -155,15 +172,18 @@ fn disk_file_name(target: &str) -> String {
 
 impl VirtSnapFs {
     pub fn new(backend: Arc<dyn Backend>, options: Options) -> VirtSnapFs {
+        let cache = Arc::new(MetadataCache::new(options.cache_bytes));
         VirtSnapFs {
-            catalog: Catalog::new(backend, options.refresh),
+            catalog: Catalog::new(backend.clone(), options.refresh),
+            ops: SnapshotOps::new(backend, options.ops.clone(), cache.clone()),
+            kernel_cache: parking_lot::RwLock::new(Arc::new(NoKernelCache)),
             inodes: inode::InodeTable::new(),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             chains: Mutex::new(LruCache::new(
                 NonZeroUsize::new(OPEN_CHAINS).expect("nonzero"),
             )),
-            cache: Arc::new(MetadataCache::new(options.cache_bytes)),
+            cache,
             options,
             mounted_at: SystemTime::now(),
         }
@@ -677,13 +697,228 @@ impl VirtSnapFs {
         )
     }
 
-    /// mkdir, rename and rmdir: the snapshot operations, not enabled in this version.
-    pub fn refuse_snapshot_operation(&self, what: &str, name: &OsStr) -> FsError {
-        fs_err!(
-            ReadOnly,
-            "{what} {}: snapshot operations are not enabled in this version; use virsh snapshot-create-as, snapshot-revert or snapshot-delete",
-            String::from_utf8_lossy(name.as_bytes())
-        )
+    pub fn set_kernel_cache(&self, kernel_cache: Arc<dyn KernelCache>) {
+        *self.kernel_cache.write() = kernel_cache;
+    }
+
+    /// The (parent inode, name) of every node of the domain's tree as `model` has it, for the
+    /// nodes the kernel may have cached.
+    fn cached_entries(&self, model: &DomainModel) -> Vec<(u64, OsString)> {
+        let d = &model.name;
+        let mut out = Vec::new();
+        let mut add = |parent: NodeKey, name: String| {
+            if let Some(p) = self.inodes.existing(&parent) {
+                out.push((p, OsString::from(name)));
+            }
+        };
+        for fixed in [DOMAIN_XML, LIVE_DIR, CURRENT_LINK, SNAPSHOTS_DIR] {
+            add(NodeKey::Domain(d.clone()), fixed.into());
+        }
+        for disk in &model.disks {
+            add(NodeKey::Live(d.clone()), disk_file_name(&disk.target));
+        }
+        for s in &model.snapshots {
+            let parent = match &s.parent {
+                Some(p) => NodeKey::Snapshot(d.clone(), p.clone()),
+                None => NodeKey::Snapshots(d.clone()),
+            };
+            add(parent, names::snapshot_file_name(&s.name));
+            add(
+                NodeKey::Snapshot(d.clone(), s.name.clone()),
+                SNAPSHOT_XML.into(),
+            );
+            for disk in &s.disks {
+                add(
+                    NodeKey::Snapshot(d.clone(), s.name.clone()),
+                    disk_file_name(&disk.target),
+                );
+            }
+        }
+        out
+    }
+
+    /// Runs a snapshot operation on `domain` under its lock, then makes the catalog and the
+    /// kernel forget everything the operation may have changed in that domain's tree.
+    fn operate<T>(
+        &self,
+        domain: &str,
+        extra: Vec<(u64, OsString)>,
+        op: impl FnOnce(&DomainModel) -> Result<T, FsError>,
+    ) -> Result<T, FsError> {
+        let lock = self.ops.domain_lock(domain);
+        let _guard = lock.lock();
+        let before = self.ops.fresh_model(domain)?;
+        let result = op(&before);
+        self.catalog.invalidate(domain);
+        let mut entries = self.cached_entries(&before);
+        if let Ok(Some(after)) = self.catalog.domain(domain) {
+            entries.extend(self.cached_entries(&after));
+        }
+        entries.extend(extra);
+        entries.sort();
+        entries.dedup();
+        // Snapshot disks may now be other chains (after a merge), live disks other bytes.
+        self.chains.lock().clear();
+        self.kernel_cache
+            .read()
+            .invalidate(entries, self.inodes.of_domain(domain));
+        result
+    }
+
+    fn decode_name(name: &OsStr) -> Result<String, FsError> {
+        name.to_str()
+            .and_then(names::decode)
+            .ok_or_else(|| fs_err!(InvalidArgument, "{name:?} is not a valid name"))
+    }
+
+    /// mkdir in the current snapshot's directory (or in `snapshots/` when there is no current
+    /// snapshot): creates a snapshot with that name.
+    pub fn mkdir(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
+        let key = self.key(parent)?;
+        let (domain, in_snapshot) = match &key {
+            NodeKey::Snapshot(d, s) => (d.clone(), Some(s.clone())),
+            NodeKey::Snapshots(d) => (d.clone(), None),
+            other => {
+                return Err(fs_err!(
+                    NotPermitted,
+                    "mkdir in {}: snapshots are created with mkdir DOMAIN/current/NAME (or DOMAIN/snapshots/NAME when the domain has no snapshot)",
+                    self.describe(other)
+                ))
+            }
+        };
+        let snapshot = Self::decode_name(name)?;
+        crate::ops::check_snapshot_name(&snapshot)?;
+        let model = self.domain(&domain)?;
+        if model.current != in_snapshot {
+            let here = match &model.current {
+                Some(c) => format!(
+                    "the current snapshot is {c}: use mkdir {}/current/NAME ({}/{})",
+                    domain,
+                    domain,
+                    self.current_target(&model)?
+                ),
+                None => format!(
+                    "domain {domain} has no current snapshot: use mkdir {domain}/snapshots/NAME"
+                ),
+            };
+            return Err(fs_err!(
+                NotPermitted,
+                "mkdir {snapshot} in {}: a new snapshot's parent is always the current snapshot; {here}",
+                self.describe(&key)
+            ));
+        }
+        self.operate(&domain, vec![(parent, name.to_os_string())], |m| {
+            self.ops.create(m, &snapshot)
+        })?;
+        self.attr_of(&NodeKey::Snapshot(domain, snapshot))
+    }
+
+    /// rename: a snapshot onto `live` reverts to it; within its directory, renames it.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+    ) -> Result<(), FsError> {
+        let from = self.key(parent)?;
+        let to = self.key(new_parent)?;
+        let domain = match &from {
+            NodeKey::Snapshot(d, _) | NodeKey::Snapshots(d) => d.clone(),
+            other => {
+                return Err(fs_err!(
+                    NotPermitted,
+                    "rename in {}: only snapshot directories can be moved (onto DOMAIN/live to revert, or renamed in place)",
+                    self.describe(other)
+                ))
+            }
+        };
+        let snapshot = Self::decode_name(name)?;
+        let model = self.domain(&domain)?;
+        let parent_name = match &from {
+            NodeKey::Snapshot(_, p) => Some(p.as_str()),
+            _ => None,
+        };
+        if !model.children(parent_name).any(|s| s.name == snapshot) {
+            return Err(fs_err!(
+                NotPermitted,
+                "rename {snapshot}: only snapshot directories can be moved (onto DOMAIN/live to revert, or renamed in place)"
+            ));
+        }
+        let new = new_name.to_str().unwrap_or_default();
+        let extra = vec![
+            (parent, name.to_os_string()),
+            (new_parent, new_name.to_os_string()),
+        ];
+        match &to {
+            NodeKey::Live(d) if *d == domain => {
+                self.operate(&domain, extra, |m| self.ops.revert(m, &snapshot))
+            }
+            NodeKey::Domain(d) if *d == domain && new == LIVE_DIR => {
+                self.operate(&domain, extra, |m| self.ops.revert(m, &snapshot))
+            }
+            _ if to == from => {
+                let new_snapshot = Self::decode_name(new_name)?;
+                self.operate(&domain, extra, |m| self.ops.rename(m, &snapshot, &new_snapshot))
+            }
+            other => Err(fs_err!(
+                InvalidArgument,
+                "rename {snapshot} to {}/{new}: a snapshot can be moved onto {domain}/live (revert) or renamed within its own directory, nothing else",
+                self.describe(other)
+            )),
+        }
+    }
+
+    /// rmdir of a snapshot directory deletes the snapshot; its children move up.
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
+        let key = self.key(parent)?;
+        let (domain, parent_name) = match &key {
+            NodeKey::Snapshot(d, p) => (d.clone(), Some(p.clone())),
+            NodeKey::Snapshots(d) => (d.clone(), None),
+            other => {
+                return Err(fs_err!(
+                    NotPermitted,
+                    "rmdir in {}: only snapshot directories can be removed",
+                    self.describe(other)
+                ))
+            }
+        };
+        let snapshot = Self::decode_name(name)?;
+        let model = self.domain(&domain)?;
+        if !model
+            .children(parent_name.as_deref())
+            .any(|s| s.name == snapshot)
+        {
+            return Err(fs_err!(
+                NotFound,
+                "domain {domain}: no snapshot {snapshot} here"
+            ));
+        }
+        self.operate(&domain, vec![(parent, name.to_os_string())], |m| {
+            self.ops.delete(m, &snapshot)
+        })
+    }
+
+    /// unlink: files are read-only, except that removing the fixed files of a snapshot
+    /// directory succeeds and changes nothing, so that `rm -r` reaches the rmdir that deletes
+    /// the snapshot (children first). The files go when the snapshot does.
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
+        if let Ok(NodeKey::Snapshot(d, s)) = self.key(parent) {
+            let is_fixed = self
+                .children(&NodeKey::Snapshot(d.clone(), s.clone()))?
+                .into_iter()
+                .any(|(k, shown)| {
+                    shown.as_str() == name.to_str().unwrap_or_default()
+                        && matches!(k, NodeKey::SnapshotXml(..) | NodeKey::SnapshotDisk(..))
+                });
+            if is_fixed {
+                log::debug!(
+                    "unlink {name:?} in snapshot {s} of {d}: kept (removed with the snapshot)"
+                );
+                return Ok(());
+            }
+        }
+        Err(self.refuse_change(parent, "removing a file"))
     }
 
     fn describe(&self, key: &NodeKey) -> String {

@@ -1,6 +1,7 @@
 //! The libvirt side: a connection that reconnects by itself, and the loading of a domain's
 //! model (disks, snapshot tree, current snapshot) from libvirt's XML.
 
+pub mod edit;
 pub mod xml;
 
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use log::{info, warn};
 use parking_lot::Mutex;
 use virt::connect::Connect;
 
-use crate::fs::backend::{Backend, BackendError};
+use crate::fs::backend::{Backend, BackendError, BackendErrorKind, DomainState};
 use crate::model::DomainModel;
 use xml::DiskEntry;
 
@@ -42,7 +43,7 @@ impl LibvirtBackend {
             *slot = None;
         }
         let conn = Connect::open(self.uri.as_deref()).map_err(|e| {
-            BackendError(format!(
+            BackendError::failed(format!(
                 "cannot connect to libvirt at {}: {}",
                 self.uri.as_deref().unwrap_or("the default URI"),
                 e.message()
@@ -74,7 +75,10 @@ impl LibvirtBackend {
             ) {
                 LoadError::NoDomain
             } else {
-                LoadError::Backend(BackendError(format!("{what}: {}", e.message())))
+                LoadError::Backend(BackendError {
+                    kind: classify(&e),
+                    message: format!("{what}: {}", e.message()),
+                })
             }
         })
     }
@@ -83,6 +87,35 @@ impl LibvirtBackend {
 enum LoadError {
     NoDomain,
     Backend(BackendError),
+}
+
+impl LoadError {
+    fn into_backend(self, domain: &str) -> BackendError {
+        match self {
+            LoadError::NoDomain => BackendError {
+                kind: BackendErrorKind::Invalid,
+                message: format!("no domain {domain}"),
+            },
+            LoadError::Backend(e) => e,
+        }
+    }
+}
+
+/// Which kind of failure a libvirt error is, for choosing an errno.
+fn classify(e: &virt::error::Error) -> BackendErrorKind {
+    use virt::error::ErrorNumber as N;
+    match e.code() {
+        virt::enumutil::Enum::Known(
+            N::InvalidArg | N::InvalidDomainSnapshot | N::NoDomainSnapshot | N::OperationInvalid,
+        ) => BackendErrorKind::Invalid,
+        virt::enumutil::Enum::Known(
+            N::NoSupport | N::ConfigUnsupported | N::ArgumentUnsupported | N::OperationUnsupported,
+        ) => BackendErrorKind::Unsupported,
+        virt::enumutil::Enum::Known(
+            N::ResourceBusy | N::BlockCopyActive | N::OperationTimeout | N::AgentUnresponsive,
+        ) => BackendErrorKind::Busy,
+        _ => BackendErrorKind::Failed,
+    }
 }
 
 fn load(conn: &Connect, name: &str) -> Result<DomainModel, virt::error::Error> {
@@ -162,5 +195,66 @@ impl Backend for LibvirtBackend {
             Err(LoadError::NoDomain) => Ok(None),
             Err(LoadError::Backend(e)) => Err(e),
         }
+    }
+
+    fn domain_state(&self, domain: &str) -> Result<DomainState, BackendError> {
+        use virt::domain::DomainState as S;
+        self.with_connection(&format!("state of domain {domain}"), |c| {
+            let (state, _) = c.lookup_domain_by_name(domain)?.state()?;
+            Ok(match state {
+                virt::enumutil::Enum::Known(S::Running | S::Blocked) => DomainState::Running,
+                virt::enumutil::Enum::Known(S::Paused) => DomainState::Paused,
+                virt::enumutil::Enum::Known(S::Shutoff) => DomainState::ShutOff,
+                _ => DomainState::Other,
+            })
+        })
+        .map_err(|e| e.into_backend(domain))
+    }
+
+    fn inactive_xml(&self, domain: &str) -> Result<String, BackendError> {
+        self.with_connection(&format!("XML of domain {domain}"), |c| {
+            c.lookup_domain_by_name(domain)?
+                .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE | virt::sys::VIR_DOMAIN_XML_SECURE)
+        })
+        .map_err(|e| e.into_backend(domain))
+    }
+
+    fn define_domain(&self, xml: &str) -> Result<(), BackendError> {
+        self.with_connection("defining a domain", |c| {
+            c.define_domain_xml(xml).map(|_| ())
+        })
+        .map_err(|e| e.into_backend("(new)"))
+    }
+
+    fn destroy_domain(&self, domain: &str) -> Result<(), BackendError> {
+        self.with_connection(&format!("stopping domain {domain}"), |c| {
+            c.lookup_domain_by_name(domain)?.destroy()
+        })
+        .map_err(|e| e.into_backend(domain))
+    }
+
+    fn create_snapshot(&self, domain: &str, xml: &str, flags: u32) -> Result<(), BackendError> {
+        self.with_connection(&format!("creating a snapshot of {domain}"), |c| {
+            c.lookup_domain_by_name(domain)?
+                .create_snapshot_xml(xml, flags)
+                .map(|_| ())
+        })
+        .map_err(|e| e.into_backend(domain))
+    }
+
+    fn revert_snapshot(&self, domain: &str, name: &str, flags: u32) -> Result<(), BackendError> {
+        self.with_connection(&format!("reverting {domain} to {name}"), |c| {
+            let dom = c.lookup_domain_by_name(domain)?;
+            virt::domain::Domain::lookup_snapshot_by_name(&dom, name, 0)?.revert(flags)
+        })
+        .map_err(|e| e.into_backend(domain))
+    }
+
+    fn delete_snapshot(&self, domain: &str, name: &str, flags: u32) -> Result<(), BackendError> {
+        self.with_connection(&format!("deleting snapshot {name} of {domain}"), |c| {
+            let dom = c.lookup_domain_by_name(domain)?;
+            virt::domain::Domain::lookup_snapshot_by_name(&dom, name, 0)?.delete(flags)
+        })
+        .map_err(|e| e.into_backend(domain))
     }
 }

@@ -131,6 +131,7 @@ pub fn domain_disks(domain: Node<'_, '_>) -> Vec<DiskEntry> {
                 snapshot: None,
                 backing,
             },
+            overlay: None,
         }));
     }
     out
@@ -166,13 +167,17 @@ pub fn parse_snapshot(xml: &str) -> Result<(SnapshotModel, Vec<DiskEntry>), XmlE
                 continue;
             }
         };
-        let mode = listed
-            .and_then(|l| {
-                l.children()
-                    .find(|c| c.has_tag_name("disk") && c.attribute("name") == Some(&disk.target))
-            })
+        let listed_disk = listed.and_then(|l| {
+            l.children()
+                .find(|c| c.has_tag_name("disk") && c.attribute("name") == Some(&disk.target))
+        });
+        let mode = listed_disk
             .and_then(|d| d.attribute("snapshot"))
             .unwrap_or("no");
+        let overlay = listed_disk
+            .and_then(|d| child(d, "source"))
+            .and_then(source_path)
+            .map(std::path::PathBuf::from);
         match mode {
             "internal" => {
                 let mut chain = disk.chain;
@@ -180,9 +185,10 @@ pub fn parse_snapshot(xml: &str) -> Result<(SnapshotModel, Vec<DiskEntry>), XmlE
                 disks.push(DiskModel {
                     target: disk.target,
                     chain,
+                    overlay: None,
                 });
             }
-            "external" => disks.push(disk),
+            "external" => disks.push(DiskModel { overlay, ..disk }),
             other => skipped.push(DiskEntry::Skipped {
                 target: disk.target,
                 reason: format!("snapshot='{other}': the snapshot holds no data for this disk"),
@@ -270,6 +276,11 @@ mod tests {
         // External: the image that became the backing file, not the new overlay.
         assert_eq!(snap.disks[1].chain.top.path.to_str(), Some("/i/b.raw"));
         assert_eq!(snap.disks[1].chain.snapshot, None);
+        assert_eq!(
+            snap.disks[1].overlay.as_deref().and_then(|p| p.to_str()),
+            Some("/i/b.s2")
+        );
+        assert_eq!(snap.disks[0].overlay, None);
         assert!(matches!(&skipped[0], DiskEntry::Skipped { target, .. } if target == "vdc"));
     }
 
