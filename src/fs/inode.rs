@@ -93,6 +93,30 @@ impl InodeTable {
             .collect()
     }
 
+    /// Snapshot `old` of `domain` is now called `new`: its nodes keep their inode numbers,
+    /// as a renamed file does, so the kernel's moved dentries stay valid.
+    pub fn rename_snapshot(&self, domain: &str, old: &str, new: &str) {
+        let mut inner = self.inner.lock();
+        let Inner { by_key, by_ino } = &mut *inner;
+        for (index, key) in by_ino.iter_mut().enumerate() {
+            let renamed = match key {
+                NodeKey::Snapshot(d, s) if d == domain && s == old => {
+                    NodeKey::Snapshot(d.clone(), new.to_string())
+                }
+                NodeKey::SnapshotXml(d, s) if d == domain && s == old => {
+                    NodeKey::SnapshotXml(d.clone(), new.to_string())
+                }
+                NodeKey::SnapshotDisk(d, s, t) if d == domain && s == old => {
+                    NodeKey::SnapshotDisk(d.clone(), new.to_string(), t.clone())
+                }
+                _ => continue,
+            };
+            by_key.remove(key);
+            by_key.insert(renamed.clone(), index as u64 + 1);
+            *key = renamed;
+        }
+    }
+
     pub fn key(&self, ino: u64) -> Option<NodeKey> {
         let index = usize::try_from(ino.checked_sub(1)?).ok()?;
         self.inner.lock().by_ino.get(index).cloned()
@@ -120,5 +144,21 @@ mod tests {
         assert_eq!(t.key(b), Some(NodeKey::Snapshot("a".into(), "s".into())));
         assert_eq!(t.key(0), None);
         assert_eq!(t.key(999), None);
+    }
+
+    #[test]
+    fn a_renamed_snapshot_keeps_its_inodes() {
+        let t = InodeTable::new();
+        let dir = t.ino(&NodeKey::Snapshot("d".into(), "a".into()));
+        let disk = t.ino(&NodeKey::SnapshotDisk("d".into(), "a".into(), "vda".into()));
+        let other = t.ino(&NodeKey::Snapshot("e".into(), "a".into()));
+        t.rename_snapshot("d", "a", "b");
+        assert_eq!(t.ino(&NodeKey::Snapshot("d".into(), "b".into())), dir);
+        assert_eq!(
+            t.ino(&NodeKey::SnapshotDisk("d".into(), "b".into(), "vda".into())),
+            disk
+        );
+        assert_eq!(t.ino(&NodeKey::Snapshot("e".into(), "a".into())), other);
+        assert_ne!(t.ino(&NodeKey::Snapshot("d".into(), "a".into())), dir);
     }
 }

@@ -859,7 +859,11 @@ impl VirtSnapFs {
             }
             _ if to == from => {
                 let new_snapshot = Self::decode_name(new_name)?;
-                self.operate(&domain, extra, |m| self.ops.rename(m, &snapshot, &new_snapshot))
+                self.operate(&domain, extra, |m| {
+                    self.ops.rename(m, &snapshot, &new_snapshot)?;
+                    self.inodes.rename_snapshot(&domain, &snapshot, &new_snapshot);
+                    Ok(())
+                })
             }
             other => Err(fs_err!(
                 InvalidArgument,

@@ -4,6 +4,7 @@
 //! README's test command (scripts/test.sh) sets all of that up. Every domain is named
 //! `vsfs-test-…` with its images in its own directory, and is removed when the test ends.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -330,4 +331,48 @@ pub fn same_bytes(a: &Path, b: &Path) -> bool {
         .status()
         .unwrap()
         .success()
+}
+
+/// Snapshot directory paths (relative to DOMAIN/snapshots) as virsh's parent links give them.
+pub fn expected_tree(dom: &TestDomain) -> BTreeSet<String> {
+    let parents = dom.snapshot_parents();
+    let parent_of = |n: &str| {
+        parents
+            .iter()
+            .find(|(c, _)| c == n)
+            .and_then(|(_, p)| p.clone())
+    };
+    parents
+        .iter()
+        .map(|(name, _)| {
+            let mut path = vec![name.clone()];
+            let mut cursor = name.clone();
+            while let Some(p) = parent_of(&cursor) {
+                path.push(p.clone());
+                cursor = p;
+            }
+            path.reverse();
+            path.join("/")
+        })
+        .collect()
+}
+
+/// Snapshot directory paths as the mount shows them, found with find(1).
+pub fn mounted_tree(mount: &Mount, dom: &TestDomain) -> BTreeSet<String> {
+    let base = mount.path(&format!("{}/snapshots", dom.name));
+    // Right after an operation the kernel may still hold a moved entry for one refresh
+    // interval: a failing walk counts as "not equal yet" for the callers that retry.
+    let out = Command::new("find")
+        .args([base.to_str().unwrap(), "-mindepth", "1", "-type", "d"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    out.lines()
+        .map(|l| {
+            l.strip_prefix(base.to_str().unwrap())
+                .unwrap()
+                .trim_start_matches('/')
+                .to_string()
+        })
+        .collect()
 }
