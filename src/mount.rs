@@ -137,6 +137,7 @@ pub fn parse_options(lists: &[String]) -> Result<MountOptions, String> {
                 }
             }
             ("allow_stop", None) => o.fs.ops.allow_stop = true,
+            ("state_dir", Some(v)) => o.fs.ops.state_dir = PathBuf::from(v),
             _ => return Err(format!("unknown mount option '{item}' (see virtsnapfs(1))")),
         }
     }
@@ -270,6 +271,8 @@ fn run_foreground(request: &MountRequest, options: MountOptions) -> Result<(), S
     let uri = connection_uri(request, &options);
     let backend = LibvirtBackend::connect(uri).map_err(|e| e.to_string())?;
     let fs = Arc::new(VirtSnapFs::new(Arc::new(backend), options.fs.clone()));
+    // Before anything is served: finish or undo what an earlier daemon left half done.
+    fs.recover_unfinished_operations();
     let mut config = Config::default();
     config.mount_options = options.fuse.clone();
     config.acl = options.acl;

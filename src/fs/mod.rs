@@ -697,6 +697,11 @@ impl VirtSnapFs {
         )
     }
 
+    /// Finishes or undoes the operations an earlier daemon left unfinished (see ops::journal).
+    pub fn recover_unfinished_operations(&self) {
+        self.ops.recover();
+    }
+
     pub fn set_kernel_cache(&self, kernel_cache: Arc<dyn KernelCache>) {
         *self.kernel_cache.write() = kernel_cache;
     }

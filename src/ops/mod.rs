@@ -12,6 +12,7 @@
 //! domain are serialised.
 
 pub mod images;
+pub mod journal;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -43,6 +44,8 @@ pub struct OpsOptions {
     pub kind: SnapshotKind,
     /// Reverting a running domain to a disk-only snapshot may stop it (virsh destroy).
     pub allow_stop: bool,
+    /// Where intent records are kept (DIR/journal).
+    pub state_dir: PathBuf,
 }
 
 impl Default for OpsOptions {
@@ -50,12 +53,14 @@ impl Default for OpsOptions {
         OpsOptions {
             kind: SnapshotKind::Auto,
             allow_stop: false,
+            state_dir: PathBuf::from(journal::DEFAULT_STATE_DIR),
         }
     }
 }
 
 pub struct SnapshotOps {
     backend: Arc<dyn Backend>,
+    journal: journal::Journal,
     options: OpsOptions,
     cache: Arc<MetadataCache>,
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
@@ -97,6 +102,7 @@ impl SnapshotOps {
     ) -> SnapshotOps {
         SnapshotOps {
             backend,
+            journal: journal::Journal::new(&options.state_dir),
             options,
             cache,
             locks: Mutex::new(HashMap::new()),
@@ -315,53 +321,20 @@ impl SnapshotOps {
             .inactive_xml(&model.name)
             .map_err(backend_err)?;
         let mut new_xml = old_xml.clone();
-        let mut created: Vec<PathBuf> = Vec::new();
-        let cleanup = |created: &[PathBuf]| {
-            for p in created {
-                let _ = std::fs::remove_file(p);
-            }
-        };
+        let mut overlays = Vec::new();
         for disk in &snap.disks {
-            let base = &disk.chain.top.path;
-            let format = Self::disk_format(disk.chain.top.format, base);
-            let overlay = images::overlay_name(base, &snap.name, "revert");
-            if let Err(e) = images::create_overlay(base, format, &overlay) {
-                cleanup(&created);
-                return Err(e);
-            }
-            created.push(overlay.clone());
+            let base = disk.chain.top.path.clone();
+            let format = Self::disk_format(disk.chain.top.format, &base);
+            let overlay = images::overlay_name(&base, &snap.name, "revert");
             let path = overlay.to_str().unwrap_or_default();
-            new_xml = match edit::set_domain_disk_source(&new_xml, &disk.target, path, "qcow2") {
-                Ok(x) => x,
-                Err(e) => {
-                    cleanup(&created);
-                    return Err(xml_err(e));
-                }
-            };
+            new_xml = edit::set_domain_disk_source(&new_xml, &disk.target, path, "qcow2")
+                .map_err(xml_err)?;
+            overlays.push(NewOverlay {
+                base,
+                format,
+                overlay,
+            });
         }
-        if let Err(e) = self.backend.define_domain(&new_xml) {
-            cleanup(&created);
-            return Err(backend_err(e));
-        }
-        if let Err(e) = self.backend.create_snapshot(
-            &model.name,
-            &snap.xml,
-            flags::CREATE_REDEFINE | flags::CREATE_CURRENT,
-        ) {
-            let _ = self.backend.define_domain(&old_xml);
-            cleanup(&created);
-            return Err(backend_err(e));
-        }
-        info!(
-            "domain {}: reverted to external snapshot {} (new overlays {})",
-            model.name,
-            snap.name,
-            created
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
         // The discarded live overlays go, if they are overlays made for snapshots (by libvirt
         // or by an earlier revert) and nothing reads them: never a disk a user set up.
         let made_for_snapshots: BTreeSet<PathBuf> = model
@@ -370,7 +343,7 @@ impl SnapshotOps {
             .flat_map(|s| s.disks.iter().filter_map(|d| d.overlay.as_deref()))
             .map(images::canonical)
             .collect();
-        let old_tops: Vec<PathBuf> = model
+        let discard = model
             .disks
             .iter()
             .map(|d| d.chain.top.path.clone())
@@ -378,8 +351,81 @@ impl SnapshotOps {
                 made_for_snapshots.contains(&images::canonical(p)) || images::is_revert_overlay(p)
             })
             .collect();
-        self.remove_unused(&old_tops);
+        let plan = RevertPlan {
+            domain: model.name.clone(),
+            snapshot_xml: snap.xml.clone(),
+            overlays,
+            new_xml,
+            discard,
+        };
+        let intent = self.record(&plan.to_json())?;
+        journal::crash_point("revert-external:recorded");
+        for (i, o) in plan.overlays.iter().enumerate() {
+            if let Err(e) = images::create_overlay(&o.base, o.format, &o.overlay) {
+                self.undo_revert(&plan);
+                intent.done();
+                return Err(e);
+            }
+            if i == 0 {
+                journal::crash_point("revert-external:overlay-created");
+            }
+        }
+        if let Err(e) = self.backend.define_domain(&plan.new_xml) {
+            self.undo_revert(&plan);
+            intent.done();
+            return Err(backend_err(e));
+        }
+        journal::crash_point("revert-external:domain-defined");
+        let finished = self.finish_revert(&plan);
+        if finished.is_err() {
+            // The domain already runs on the new overlays: put it back as it was.
+            let _ = self.backend.define_domain(&old_xml);
+            self.undo_revert(&plan);
+        }
+        intent.done();
+        finished?;
+        info!(
+            "domain {}: reverted to external snapshot (new overlays {})",
+            model.name,
+            plan.overlays
+                .iter()
+                .map(|o| o.overlay.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         Ok(())
+    }
+
+    /// The steps of an external revert after the domain points at the new overlays; safe to
+    /// run again.
+    fn finish_revert(&self, plan: &RevertPlan) -> Result<(), FsError> {
+        self.backend
+            .create_snapshot(
+                &plan.domain,
+                &plan.snapshot_xml,
+                flags::CREATE_REDEFINE | flags::CREATE_CURRENT,
+            )
+            .map_err(backend_err)?;
+        journal::crash_point("revert-external:snapshot-current");
+        self.remove_unused(&plan.discard);
+        Ok(())
+    }
+
+    /// Removes the overlays an unfinished revert created, if nothing reads them.
+    fn undo_revert(&self, plan: &RevertPlan) {
+        let created: Vec<PathBuf> = plan
+            .overlays
+            .iter()
+            .map(|o| o.overlay.clone())
+            .filter(|p| p.exists())
+            .collect();
+        self.remove_unused(&created);
+    }
+
+    fn record(&self, intent: &serde_json::Value) -> Result<journal::IntentFile, FsError> {
+        self.journal
+            .record(intent)
+            .map_err(|e| fs_err!(Io, "cannot write the intent record (state_dir): {e}"))
     }
 
     /// Removes the images in `candidates` that no chain of any domain reads any more and that
@@ -434,31 +480,60 @@ impl SnapshotOps {
                 model.name
             ));
         }
-        let was_current = model.current.as_deref() == Some(old);
-        let renamed = edit::set_snapshot_name(&snap.xml, new).map_err(xml_err)?;
-        self.backend
-            .create_snapshot(&model.name, &renamed, flags::CREATE_REDEFINE)
-            .map_err(backend_err)?;
-        // Children follow: point them at the new name before the old metadata goes.
-        for child in model.children(Some(old)) {
-            let xml = edit::set_snapshot_parent(&child.xml, Some(new)).map_err(xml_err)?;
+        let plan = RenamePlan {
+            domain: model.name.clone(),
+            old: old.to_string(),
+            new: new.to_string(),
+            renamed_xml: edit::set_snapshot_name(&snap.xml, new).map_err(xml_err)?,
+            children: model.children(Some(old)).map(|c| c.name.clone()).collect(),
+            was_current: model.current.as_deref() == Some(old),
+        };
+        let intent = self.record(&plan.to_json())?;
+        journal::crash_point("rename:recorded");
+        self.finish_rename(&plan)?;
+        intent.done();
+        info!("domain {}: renamed snapshot {old} to {new}", model.name);
+        Ok(())
+    }
+
+    /// Every step of a rename, each done only if not done yet: safe to run again.
+    fn finish_rename(&self, plan: &RenamePlan) -> Result<(), FsError> {
+        let model = self.fresh_model(&plan.domain)?;
+        if model.snapshot(&plan.new).is_none() {
             self.backend
-                .create_snapshot(&model.name, &xml, flags::CREATE_REDEFINE)
+                .create_snapshot(&plan.domain, &plan.renamed_xml, flags::CREATE_REDEFINE)
                 .map_err(backend_err)?;
         }
-        self.backend
-            .delete_snapshot(&model.name, old, flags::DELETE_METADATA_ONLY)
-            .map_err(backend_err)?;
-        if was_current {
+        journal::crash_point("rename:new-defined");
+        // Children follow: point them at the new name before the old metadata goes (deleting
+        // it would move them to its parent).
+        for child in &plan.children {
+            if let Some(c) = model.snapshot(child) {
+                if c.parent.as_deref() != Some(plan.new.as_str()) {
+                    let xml =
+                        edit::set_snapshot_parent(&c.xml, Some(&plan.new)).map_err(xml_err)?;
+                    self.backend
+                        .create_snapshot(&plan.domain, &xml, flags::CREATE_REDEFINE)
+                        .map_err(backend_err)?;
+                }
+            }
+        }
+        journal::crash_point("rename:children-moved");
+        if model.snapshot(&plan.old).is_some() {
+            self.backend
+                .delete_snapshot(&plan.domain, &plan.old, flags::DELETE_METADATA_ONLY)
+                .map_err(backend_err)?;
+        }
+        journal::crash_point("rename:old-deleted");
+        if plan.was_current {
             self.backend
                 .create_snapshot(
-                    &model.name,
-                    &renamed,
+                    &plan.domain,
+                    &plan.renamed_xml,
                     flags::CREATE_REDEFINE | flags::CREATE_CURRENT,
                 )
                 .map_err(backend_err)?;
         }
-        info!("domain {}: renamed snapshot {old} to {new}", model.name);
         Ok(())
     }
 
@@ -489,17 +564,17 @@ impl SnapshotOps {
     /// Otherwise only libvirt's metadata is deleted and the images stay.
     fn delete_external(&self, model: &DomainModel, snap: &SnapshotModel) -> Result<(), FsError> {
         let chains = self.all_chains()?;
-        let mut plans = Vec::new();
+        let mut merges = Vec::new();
         for disk in &snap.disks {
             match self.plan_merge(model, snap, disk, &chains)? {
-                Ok(plan) => plans.push(plan),
+                Ok(plan) => merges.push(plan),
                 Err(reason) => info!(
                     "domain {} snapshot {} disk {}: images kept, not merged: {reason}",
                     model.name, snap.name, disk.target
                 ),
             }
         }
-        if !plans.is_empty() && self.is_running(&model.name)? {
+        if !merges.is_empty() && self.is_running(&model.name)? {
             return Err(fs_err!(
                 Busy,
                 "domain {} is running; deleting snapshot {} merges images the running domain uses, which needs a block job; shut the domain down and retry",
@@ -507,37 +582,64 @@ impl SnapshotOps {
                 snap.name
             ));
         }
-        for plan in &plans {
-            self.merge(model, plan)?;
-        }
-        self.backend
-            .delete_snapshot(&model.name, &snap.name, flags::DELETE_METADATA_ONLY)
-            .map_err(backend_err)?;
-        for plan in &plans {
-            match std::fs::remove_file(&plan.overlay) {
-                Ok(()) => info!(
-                    "removed {} after merging it into {}",
-                    plan.overlay.display(),
-                    plan.base.display()
-                ),
-                Err(e) => warn!(
-                    "could not remove merged overlay {}: {e}",
-                    plan.overlay.display()
-                ),
-            }
-        }
-        // Overlays made for this snapshot that were not merged but that nothing reads now.
-        let leftovers: Vec<PathBuf> = snap
-            .disks
-            .iter()
-            .filter_map(|d| d.overlay.clone())
-            .filter(|p| p.exists())
-            .collect();
-        self.remove_unused(&leftovers);
+        let plan = DeletePlan {
+            domain: model.name.clone(),
+            snapshot: snap.name.clone(),
+            merges,
+            leftovers: snap
+                .disks
+                .iter()
+                .filter_map(|d| d.overlay.clone())
+                .collect(),
+        };
+        let intent = self.record(&plan.to_json())?;
+        journal::crash_point("delete-external:recorded");
+        self.finish_delete(&plan)?;
+        intent.done();
         info!(
             "domain {}: deleted external snapshot {}",
             model.name, snap.name
         );
+        Ok(())
+    }
+
+    /// Every step of an external delete, each done only if not done yet: safe to run again
+    /// after a crash at any point (a commit repeated writes the same data again).
+    fn finish_delete(&self, plan: &DeletePlan) -> Result<(), FsError> {
+        for merge in &plan.merges {
+            self.merge(merge)?;
+        }
+        journal::crash_point("delete-external:merged");
+        let model = self.fresh_model(&plan.domain)?;
+        if model.snapshot(&plan.snapshot).is_some() {
+            self.backend
+                .delete_snapshot(&plan.domain, &plan.snapshot, flags::DELETE_METADATA_ONLY)
+                .map_err(backend_err)?;
+        }
+        journal::crash_point("delete-external:metadata-deleted");
+        for merge in &plan.merges {
+            if merge.overlay.exists() {
+                match std::fs::remove_file(&merge.overlay) {
+                    Ok(()) => info!(
+                        "removed {} after merging it into {}",
+                        merge.overlay.display(),
+                        merge.base.display()
+                    ),
+                    Err(e) => warn!(
+                        "could not remove merged overlay {}: {e}",
+                        merge.overlay.display()
+                    ),
+                }
+            }
+        }
+        // Overlays made for this snapshot that were not merged but that nothing reads now.
+        let leftovers: Vec<PathBuf> = plan
+            .leftovers
+            .iter()
+            .filter(|p| p.exists())
+            .cloned()
+            .collect();
+        self.remove_unused(&leftovers);
         Ok(())
     }
 
@@ -622,22 +724,29 @@ impl SnapshotOps {
         }))
     }
 
-    fn merge(&self, model: &DomainModel, plan: &MergePlan) -> Result<(), FsError> {
-        info!(
-            "domain {} disk {}: merging {} into {}",
-            model.name,
-            plan.target,
-            plan.overlay.display(),
-            plan.base.display()
-        );
-        images::commit(&plan.overlay, &plan.base)?;
-        for image in &plan.rebase {
+    /// Commits `plan.overlay` into `plan.base` and points everything that read the overlay at
+    /// the base. Each step is idempotent.
+    fn merge(&self, plan: &MergePlan) -> Result<(), FsError> {
+        if plan.overlay.exists() {
+            info!(
+                "disk {}: merging {} into {}",
+                plan.target,
+                plan.overlay.display(),
+                plan.base.display()
+            );
+            images::commit(&plan.overlay, &plan.base)?;
+        }
+        journal::crash_point("delete-external:committed");
+        for image in plan.rebase.iter().filter(|i| i.exists()) {
             images::rebase_unsafe(image, &plan.base, plan.base_format)?;
         }
+        journal::crash_point("delete-external:rebased");
         let base = plan.base.to_str().unwrap_or_default();
         for (domain, snapshot, target) in &plan.snapshot_users {
             let m = self.fresh_model(domain)?;
-            let s = self.snapshot(&m, snapshot)?;
+            let Some(s) = m.snapshot(snapshot) else {
+                continue;
+            };
             let xml = edit::set_snapshot_disk_source(&s.xml, target, base, plan.base_format.name())
                 .map_err(xml_err)?;
             let current = m.current.as_deref() == Some(snapshot.as_str());
@@ -647,16 +756,237 @@ impl SnapshotOps {
                 .map_err(backend_err)?;
         }
         for (domain, target) in &plan.domain_users {
-            let xml = self.backend.inactive_xml(domain).map_err(backend_err)?;
-            let xml = edit::set_domain_disk_source(&xml, target, base, plan.base_format.name())
-                .map_err(xml_err)?;
-            self.backend.define_domain(&xml).map_err(backend_err)?;
+            let m = self.fresh_model(domain)?;
+            let on_overlay = m.disks.iter().any(|d| {
+                d.target == *target && images::canonical(&d.chain.top.path) == plan.overlay
+            });
+            if on_overlay {
+                let xml = self.backend.inactive_xml(domain).map_err(backend_err)?;
+                let xml = edit::set_domain_disk_source(&xml, target, base, plan.base_format.name())
+                    .map_err(xml_err)?;
+                self.backend.define_domain(&xml).map_err(backend_err)?;
+            }
         }
         Ok(())
+    }
+
+    /// Finishes or undoes every operation that an earlier daemon left unfinished: run at mount
+    /// time, before anything is served. A record that cannot be handled is kept and logged.
+    pub fn recover(&self) {
+        for (path, _lock, intent) in self.journal.pending() {
+            let result = intent
+                .map_err(|e| fs_err!(Io, "unreadable intent record: {e}"))
+                .and_then(|v| self.recover_one(&v));
+            match result {
+                Ok(what) => {
+                    info!("recovered an unfinished operation: {what}");
+                    journal::forget(&path);
+                }
+                Err(e) => log::error!(
+                    "cannot recover the unfinished operation in {}: {e}; it is kept for the next mount",
+                    path.display()
+                ),
+            }
+        }
+    }
+
+    fn recover_one(&self, intent: &serde_json::Value) -> Result<String, FsError> {
+        let bad = || fs_err!(Io, "malformed intent record");
+        match intent["op"].as_str().ok_or_else(bad)? {
+            "revert-external" => {
+                let plan = RevertPlan::from_json(intent).ok_or_else(bad)?;
+                let model = self.fresh_model(&plan.domain)?;
+                let created: BTreeSet<PathBuf> = plan
+                    .overlays
+                    .iter()
+                    .map(|o| images::canonical(&o.overlay))
+                    .collect();
+                let switched = model
+                    .disks
+                    .iter()
+                    .any(|d| created.contains(&images::canonical(&d.chain.top.path)));
+                if switched {
+                    self.finish_revert(&plan)?;
+                    Ok(format!("revert of domain {} finished", plan.domain))
+                } else {
+                    self.undo_revert(&plan);
+                    Ok(format!("revert of domain {} undone", plan.domain))
+                }
+            }
+            "delete-external" => {
+                let plan = DeletePlan::from_json(intent).ok_or_else(bad)?;
+                self.finish_delete(&plan)?;
+                Ok(format!(
+                    "deletion of {} of domain {} finished",
+                    plan.snapshot, plan.domain
+                ))
+            }
+            "rename" => {
+                let plan = RenamePlan::from_json(intent).ok_or_else(bad)?;
+                self.finish_rename(&plan)?;
+                Ok(format!(
+                    "rename of {} to {} in domain {} finished",
+                    plan.old, plan.new, plan.domain
+                ))
+            }
+            other => Err(fs_err!(Io, "unknown operation '{other}' in intent record")),
+        }
+    }
+}
+
+fn paths_json(paths: &[PathBuf]) -> serde_json::Value {
+    serde_json::Value::from(
+        paths
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn paths_from(v: &serde_json::Value) -> Option<Vec<PathBuf>> {
+    v.as_array()?
+        .iter()
+        .map(|p| p.as_str().map(PathBuf::from))
+        .collect()
+}
+
+fn strings_from(v: &serde_json::Value) -> Option<Vec<String>> {
+    v.as_array()?
+        .iter()
+        .map(|p| p.as_str().map(str::to_string))
+        .collect()
+}
+
+fn format_from(v: &serde_json::Value) -> Option<Format> {
+    Format::from_name(v.as_str()?)
+}
+
+/// A new overlay of an external revert.
+#[derive(Debug, Clone)]
+struct NewOverlay {
+    base: PathBuf,
+    format: Format,
+    overlay: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+struct RevertPlan {
+    domain: String,
+    snapshot_xml: String,
+    overlays: Vec<NewOverlay>,
+    new_xml: String,
+    /// Live overlays the revert discards, removed if nothing reads them.
+    discard: Vec<PathBuf>,
+}
+
+impl RevertPlan {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "op": "revert-external",
+            "domain": self.domain,
+            "snapshot_xml": self.snapshot_xml,
+            "overlays": self.overlays.iter().map(|o| serde_json::json!({
+                "base": o.base.to_string_lossy(),
+                "format": o.format.name(),
+                "overlay": o.overlay.to_string_lossy(),
+            })).collect::<Vec<_>>(),
+            "new_xml": self.new_xml,
+            "discard": paths_json(&self.discard),
+        })
+    }
+
+    fn from_json(v: &serde_json::Value) -> Option<RevertPlan> {
+        let overlays = v["overlays"]
+            .as_array()?
+            .iter()
+            .map(|o| {
+                Some(NewOverlay {
+                    base: PathBuf::from(o["base"].as_str()?),
+                    format: format_from(&o["format"])?,
+                    overlay: PathBuf::from(o["overlay"].as_str()?),
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(RevertPlan {
+            domain: v["domain"].as_str()?.to_string(),
+            snapshot_xml: v["snapshot_xml"].as_str()?.to_string(),
+            overlays,
+            new_xml: v["new_xml"].as_str()?.to_string(),
+            discard: paths_from(&v["discard"])?,
+        })
     }
 }
 
 #[derive(Debug, Clone)]
+struct RenamePlan {
+    domain: String,
+    old: String,
+    new: String,
+    renamed_xml: String,
+    children: Vec<String>,
+    was_current: bool,
+}
+
+impl RenamePlan {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "op": "rename",
+            "domain": self.domain,
+            "old": self.old,
+            "new": self.new,
+            "renamed_xml": self.renamed_xml,
+            "children": self.children,
+            "was_current": self.was_current,
+        })
+    }
+
+    fn from_json(v: &serde_json::Value) -> Option<RenamePlan> {
+        Some(RenamePlan {
+            domain: v["domain"].as_str()?.to_string(),
+            old: v["old"].as_str()?.to_string(),
+            new: v["new"].as_str()?.to_string(),
+            renamed_xml: v["renamed_xml"].as_str()?.to_string(),
+            children: strings_from(&v["children"])?,
+            was_current: v["was_current"].as_bool()?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DeletePlan {
+    domain: String,
+    snapshot: String,
+    merges: Vec<MergePlan>,
+    /// Overlays made for the snapshot, removed afterwards if nothing reads them.
+    leftovers: Vec<PathBuf>,
+}
+
+impl DeletePlan {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "op": "delete-external",
+            "domain": self.domain,
+            "snapshot": self.snapshot,
+            "merges": self.merges.iter().map(MergePlan::to_json).collect::<Vec<_>>(),
+            "leftovers": paths_json(&self.leftovers),
+        })
+    }
+
+    fn from_json(v: &serde_json::Value) -> Option<DeletePlan> {
+        Some(DeletePlan {
+            domain: v["domain"].as_str()?.to_string(),
+            snapshot: v["snapshot"].as_str()?.to_string(),
+            merges: v["merges"]
+                .as_array()?
+                .iter()
+                .map(MergePlan::from_json)
+                .collect::<Option<Vec<_>>>()?,
+            leftovers: paths_from(&v["leftovers"])?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct MergePlan {
     target: String,
     base: PathBuf,
@@ -668,4 +998,99 @@ struct MergePlan {
     snapshot_users: Vec<(String, String, String)>,
     /// (domain, disk) whose live disk is the overlay: redefined onto the base.
     domain_users: Vec<(String, String)>,
+}
+
+impl MergePlan {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "target": self.target,
+            "base": self.base.to_string_lossy(),
+            "base_format": self.base_format.name(),
+            "overlay": self.overlay.to_string_lossy(),
+            "rebase": paths_json(&self.rebase),
+            "snapshot_users": self.snapshot_users.iter().map(|(d, s, t)| [d, s, t]).collect::<Vec<_>>(),
+            "domain_users": self.domain_users.iter().map(|(d, t)| [d, t]).collect::<Vec<_>>(),
+        })
+    }
+
+    fn from_json(v: &serde_json::Value) -> Option<MergePlan> {
+        let tuples = |v: &serde_json::Value| -> Option<Vec<Vec<String>>> {
+            v.as_array()?.iter().map(strings_from).collect()
+        };
+        Some(MergePlan {
+            target: v["target"].as_str()?.to_string(),
+            base: PathBuf::from(v["base"].as_str()?),
+            base_format: format_from(&v["base_format"])?,
+            overlay: PathBuf::from(v["overlay"].as_str()?),
+            rebase: paths_from(&v["rebase"])?,
+            snapshot_users: tuples(&v["snapshot_users"])?
+                .into_iter()
+                .map(|t| match t.as_slice() {
+                    [d, s, x] => Some((d.clone(), s.clone(), x.clone())),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()?,
+            domain_users: tuples(&v["domain_users"])?
+                .into_iter()
+                .map(|t| match t.as_slice() {
+                    [d, x] => Some((d.clone(), x.clone())),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_round_trip_through_their_intent_records() {
+        let merge = MergePlan {
+            target: "vda".into(),
+            base: "/i/b.qcow2".into(),
+            base_format: Format::Raw,
+            overlay: "/i/b.s".into(),
+            rebase: vec!["/i/b.t".into()],
+            snapshot_users: vec![("d".into(), "t".into(), "vda".into())],
+            domain_users: vec![("d".into(), "vda".into())],
+        };
+        let delete = DeletePlan {
+            domain: "d".into(),
+            snapshot: "s".into(),
+            merges: vec![merge.clone()],
+            leftovers: vec!["/i/x".into()],
+        };
+        let back = DeletePlan::from_json(&delete.to_json()).unwrap();
+        assert_eq!(back.merges, vec![merge]);
+        assert_eq!(back.leftovers, delete.leftovers);
+        let rename = RenamePlan {
+            domain: "d".into(),
+            old: "a".into(),
+            new: "b".into(),
+            renamed_xml: "<x/>".into(),
+            children: vec!["c".into()],
+            was_current: true,
+        };
+        let back = RenamePlan::from_json(&rename.to_json()).unwrap();
+        assert_eq!(
+            (back.new, back.children, back.was_current),
+            ("b".into(), vec!["c".to_string()], true)
+        );
+        let revert = RevertPlan {
+            domain: "d".into(),
+            snapshot_xml: "<s/>".into(),
+            overlays: vec![NewOverlay {
+                base: "/b".into(),
+                format: Format::Qcow2,
+                overlay: "/o".into(),
+            }],
+            new_xml: "<d/>".into(),
+            discard: vec![],
+        };
+        let back = RevertPlan::from_json(&revert.to_json()).unwrap();
+        assert_eq!(back.overlays[0].overlay, PathBuf::from("/o"));
+        assert!(RevertPlan::from_json(&serde_json::json!({"op": "revert-external"})).is_none());
+    }
 }

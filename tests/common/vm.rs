@@ -208,6 +208,11 @@ pub struct Mount {
 
 impl Mount {
     pub fn new(options: &[&str]) -> Mount {
+        Mount::with_env(options, &[])
+    }
+
+    /// A mount whose daemon runs with extra environment variables (e.g. a crash point).
+    pub fn with_env(options: &[&str], env: &[(&str, &str)]) -> Mount {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().with_extension("log");
         let mnt = dir.path().join("mnt");
@@ -226,6 +231,7 @@ impl Mount {
         args.push(mnt.to_str().unwrap().into());
         let child = Command::new(env!("CARGO_BIN_EXE_virtsnapfs"))
             .args(&args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -262,6 +268,12 @@ impl Mount {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the daemon to exit by itself (e.g. at a crash point); returns its status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("already stopped");
+        child.wait().unwrap()
     }
 
     /// Stops the daemon with SIGTERM and waits for it; returns its exit status.

@@ -1,0 +1,141 @@
+//! Intent records: what a multi-step operation is about to do, written (and fsynced) before
+//! its first step and removed after its last, so that an operation cut short (the daemon
+//! killed, the host rebooted) is finished or undone at the next mount.
+//!
+//! One JSON file per operation in the journal directory (default /var/lib/virtsnapfs/journal).
+//! Recovery looks at the real state, not at how far the record says it got: every step is
+//! idempotent, so finishing an operation again is always safe.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// Where intent records live unless `-o state_dir=` says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/virtsnapfs";
+
+pub struct Journal {
+    dir: PathBuf,
+}
+
+/// A recorded intent, locked (flock) for as long as its operation runs, so that another
+/// daemon's recovery never takes over an operation still in progress. Dropping it without
+/// [`IntentFile::done`] leaves the record for recovery.
+pub struct IntentFile {
+    path: PathBuf,
+    _lock: std::fs::File,
+}
+
+/// Writes `value` to `path` durably; returns the file, locked. The lock is taken before the
+/// rename that makes the record visible.
+fn write_locked(path: &Path, value: &Value) -> std::io::Result<std::fs::File> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.lock()?;
+    f.write_all(serde_json::to_string_pretty(value)?.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(f)
+}
+
+impl Journal {
+    pub fn new(state_dir: &Path) -> Journal {
+        Journal {
+            dir: state_dir.join("journal"),
+        }
+    }
+
+    /// Records `intent` before the operation starts.
+    pub fn record(&self, intent: &Value) -> std::io::Result<IntentFile> {
+        std::fs::create_dir_all(&self.dir)?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let path = self
+            .dir
+            .join(format!("{stamp}-{}.json", std::process::id()));
+        let lock = write_locked(&path, intent)?;
+        Ok(IntentFile { path, _lock: lock })
+    }
+
+    /// Every record left by operations that did not finish and that no running daemon holds,
+    /// oldest first, each with its file kept locked while the caller recovers it.
+    pub fn pending(&self) -> Vec<(PathBuf, std::fs::File, Result<Value, String>)> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        paths.sort();
+        paths
+            .into_iter()
+            .filter_map(|p| {
+                let file = std::fs::File::open(&p).ok()?;
+                // Held by a live daemon: its operation is still running.
+                file.try_lock().ok()?;
+                let value = std::fs::read_to_string(&p)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()));
+                Some((p, file, value))
+            })
+            .collect()
+    }
+}
+
+impl IntentFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The operation finished: forget it.
+    pub fn done(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Removes a record after recovery handled it.
+pub fn forget(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+/// Test hook: `VIRTSNAPFS_CRASH_AT=STEP` makes the daemon abort at that step, as `kill -9`
+/// would, so tests can check recovery after every step of every operation.
+pub fn crash_point(step: &str) {
+    if std::env::var("VIRTSNAPFS_CRASH_AT").is_ok_and(|s| s == step) {
+        log::error!("VIRTSNAPFS_CRASH_AT={step}: aborting here");
+        std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_until_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(dir.path());
+        assert!(j.pending().is_empty());
+        let a = j.record(&serde_json::json!({"op": "x"})).unwrap();
+        let b = j.record(&serde_json::json!({"op": "y"})).unwrap();
+        // Both operations are still running (their records are locked).
+        assert!(j.pending().is_empty());
+        drop(a);
+        drop(b);
+        let pending = j.pending();
+        assert_eq!(pending.len(), 2);
+        assert_eq!(pending[0].2.as_ref().unwrap()["op"], "x");
+        drop(pending);
+        let c = j.record(&serde_json::json!({"op": "z"})).unwrap();
+        c.done();
+        assert_eq!(j.pending().len(), 2);
+        std::fs::write(dir.path().join("journal/bad.json"), "{").unwrap();
+        assert!(j.pending().iter().any(|(_, _, v)| v.is_err()));
+    }
+}
