@@ -138,6 +138,16 @@ pub fn parse_options(lists: &[String]) -> Result<MountOptions, String> {
             }
             ("allow_stop", None) => o.fs.ops.allow_stop = true,
             ("state_dir", Some(v)) => o.fs.ops.state_dir = PathBuf::from(v),
+            ("merge_timeout", Some(v)) => {
+                let secs: f64 = parse_number("merge_timeout", v)?;
+                if !(0.1..=86_400.0).contains(&secs) {
+                    return Err(format!("merge_timeout={v}: use 0.1 to 86400 seconds"));
+                }
+                o.fs.ops.merge_timeout = Duration::from_secs_f64(secs);
+            }
+            ("merge_bandwidth", Some(v)) => {
+                o.fs.ops.merge_bandwidth = parse_number("merge_bandwidth", v)?
+            }
             _ => return Err(format!("unknown mount option '{item}' (see virtsnapfs(1))")),
         }
     }

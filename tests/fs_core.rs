@@ -73,7 +73,7 @@ fn tree_branches_and_current_link() {
     assert!(names(&fs, "").contains(&"core-tree".to_string()));
     assert_eq!(
         names(&fs, "core-tree"),
-        ["domain.xml", "live", "current", "snapshots"]
+        ["domain.xml", "status", "live", "current", "snapshots"]
     );
     assert_eq!(names(&fs, "core-tree/snapshots"), ["a"]);
     assert_eq!(

@@ -100,7 +100,7 @@ fn offline_tree_with_branch_internal_and_external_snapshots() {
     let listing = sh("ls", &[d("").to_str().unwrap()]);
     assert_eq!(
         listing.split_whitespace().collect::<Vec<_>>(),
-        ["current", "domain.xml", "live", "snapshots"]
+        ["current", "domain.xml", "live", "snapshots", "status"]
     );
     let listing = sh("ls", &[d("snapshots/s1/s3").to_str().unwrap()]);
     assert_eq!(

@@ -575,3 +575,99 @@ fn running_domain_checkpoint_and_disk_only_snapshots() {
     assert_eq!(after["live/vda"], before["disk-only/vda"]);
     assert_unchanged_except(&before, &after, &["live/vda"]);
 }
+
+#[test]
+fn live_merges_on_a_running_domain_active_and_intermediate() {
+    let dom = TestDomain::new("live-merge", "32M");
+    virsh(&["start", &dom.name]);
+    dom.write_running("write -P 0x51 0 2M");
+    dom.write_running("flush");
+    let mount = Mount::new(&["snapshot_kind=external"]);
+    sh("mkdir", &[&p(&mount, &dom, "snapshots/take-1")]);
+    dom.write_running("write -P 0x52 1M 2M");
+    dom.write_running("flush");
+    sh("mkdir", &[&p(&mount, &dom, "current/take-2")]);
+    dom.write_running("write -P 0x53 4M 64k");
+    dom.write_running("flush");
+    let top = dom.live_source("vda");
+    let before = disk_hashes(&mount, &dom);
+
+    // take-1's overlay sits in the middle of the running chain: a block commit of it into
+    // the base, QEMU re-points the top, take-2 is redefined onto the base.
+    sh("rmdir", &[&p(&mount, &dom, "snapshots/take-1")]);
+    assert_eq!(virsh(&["domstate", &dom.name]).trim(), "running");
+    assert!(!dom.path("vda.take-1").exists());
+    let after = disk_hashes(&mount, &dom);
+    assert_unchanged_except(&before, &after, &["take-1/vda"]);
+    assert_tree_matches_virsh(&mount, &dom);
+
+    // take-2's overlay is the running domain's active layer: active commit, then pivot.
+    let before = after;
+    sh("rmdir", &[&p(&mount, &dom, "snapshots/take-2")]);
+    assert_eq!(virsh(&["domstate", &dom.name]).trim(), "running");
+    assert_eq!(dom.live_source("vda"), dom.path("vda.qcow2"));
+    assert!(!top.exists(), "{} left behind", top.display());
+    let after = disk_hashes(&mount, &dom);
+    assert_eq!(after["live/vda"], before["live/vda"]);
+    // The persistent definition follows too: after a restart the domain still uses the base.
+    virsh(&["destroy", &dom.name]);
+    assert_eq!(dom.live_source("vda"), dom.path("vda.qcow2"));
+    assert_eq!(
+        std::fs::read_to_string(mount.path(&format!("{}/status", dom.name))).unwrap(),
+        "idle\n"
+    );
+}
+
+#[test]
+fn a_live_merge_that_does_not_converge_is_cancelled_and_changes_nothing() {
+    let dom = TestDomain::new("no-converge", "64M");
+    virsh(&["start", &dom.name]);
+    let state = tempfile::tempdir().unwrap();
+    let state_opt = format!("state_dir={}", state.path().display());
+    let mount = Mount::new(&[
+        "snapshot_kind=external",
+        "merge_bandwidth=1",
+        "merge_timeout=2",
+        &state_opt,
+    ]);
+    sh("mkdir", &[&p(&mount, &dom, "snapshots/s")]);
+    dom.write_running("write -P 0x61 0 32M");
+    dom.write_running("flush");
+    let overlay = dom.live_source("vda");
+    let before = disk_hashes(&mount, &dom);
+    let rmdir = {
+        let path = p(&mount, &dom, "snapshots/s");
+        std::thread::spawn(move || {
+            std::process::Command::new("rmdir")
+                .arg(path)
+                .output()
+                .unwrap()
+        })
+    };
+    // While it runs, DOMAIN/status says what it does.
+    let status_path = mount.path(&format!("{}/status", dom.name));
+    common::vm::eventually(10, "status shows the merge", || {
+        std::fs::read_to_string(&status_path)
+            .unwrap_or_default()
+            .contains("merging")
+    });
+    let out = rmdir.join().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Device or resource busy"), "{err}");
+    assert!(
+        mount.log_text().contains("made no progress"),
+        "{}",
+        mount.log_text()
+    );
+    assert_eq!(dom.live_source("vda"), overlay);
+    assert_eq!(dom.current().as_deref(), Some("s"));
+    assert_eq!(disk_hashes(&mount, &dom), before);
+    let journal: Vec<_> = std::fs::read_dir(state.path().join("journal"))
+        .unwrap()
+        .collect();
+    assert!(
+        journal.is_empty(),
+        "a cancelled merge left an intent record"
+    );
+    assert_eq!(std::fs::read_to_string(&status_path).unwrap(), "idle\n");
+}

@@ -65,4 +65,18 @@ pub trait Backend: Send + Sync {
     fn create_snapshot(&self, domain: &str, xml: &str, flags: u32) -> Result<(), BackendError>;
     fn revert_snapshot(&self, domain: &str, name: &str, flags: u32) -> Result<(), BackendError>;
     fn delete_snapshot(&self, domain: &str, name: &str, flags: u32) -> Result<(), BackendError>;
+    /// Starts a block commit of `top` (None: the active layer) into `base` on a running
+    /// domain's disk; `bandwidth` in bytes/s, 0 for unlimited.
+    fn block_commit(
+        &self,
+        domain: &str,
+        disk: &str,
+        base: &std::path::Path,
+        top: Option<&std::path::Path>,
+        bandwidth: u64,
+    ) -> Result<(), BackendError>;
+    /// The running block job's progress (cur, end) on a disk, if any.
+    fn block_job(&self, domain: &str, disk: &str) -> Result<Option<(u64, u64)>, BackendError>;
+    /// Pivots (after an active commit is ready) or cancels the block job on a disk.
+    fn block_job_abort(&self, domain: &str, disk: &str, pivot: bool) -> Result<(), BackendError>;
 }

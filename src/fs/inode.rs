@@ -14,6 +14,8 @@ pub enum NodeKey {
     Root,
     Domain(String),
     DomainXml(String),
+    /// What a snapshot operation on the domain is doing now.
+    Status(String),
     Live(String),
     /// (domain, disk target)
     LiveDisk(String, String),
@@ -32,6 +34,7 @@ impl NodeKey {
             NodeKey::Root => None,
             NodeKey::Domain(d)
             | NodeKey::DomainXml(d)
+            | NodeKey::Status(d)
             | NodeKey::Live(d)
             | NodeKey::LiveDisk(d, _)
             | NodeKey::Current(d)

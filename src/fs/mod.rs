@@ -40,6 +40,7 @@ pub use error::{ErrorKind, FsError};
 use inode::{NodeKey, ROOT_INO};
 
 pub const DOMAIN_XML: &str = "domain.xml";
+pub const STATUS_FILE: &str = "status";
 pub const LIVE_DIR: &str = "live";
 pub const CURRENT_LINK: &str = "current";
 pub const SNAPSHOTS_DIR: &str = "snapshots";
@@ -84,11 +85,13 @@ pub enum Whence {
     Hole,
 }
 
-/// What an open() returns: the handle, and whether the kernel may keep cached pages.
+/// What an open() returns: the handle, whether the kernel may keep cached pages, and whether
+/// reads must bypass the page cache (contents whose size changes, like `status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Opened {
     pub fh: u64,
     pub keep_cache: bool,
+    pub direct_io: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -345,6 +348,11 @@ impl VirtSnapFs {
                 let m = self.domain(d)?;
                 Ok(self.bytes_attr(ino, m.xml.len(), self.mounted_at))
             }
+            NodeKey::Status(d) => {
+                self.domain(d)?;
+                let len = self.status_text(d).len();
+                Ok(self.bytes_attr(ino, len, SystemTime::now()))
+            }
             NodeKey::Current(d) => {
                 let m = self.domain(d)?;
                 let target = self.current_target(&m)?;
@@ -427,6 +435,7 @@ impl VirtSnapFs {
             NodeKey::Domain(d) => {
                 let m = self.domain(d)?;
                 out.push((NodeKey::DomainXml(d.clone()), DOMAIN_XML.into()));
+                out.push((NodeKey::Status(d.clone()), STATUS_FILE.into()));
                 out.push((NodeKey::Live(d.clone()), LIVE_DIR.into()));
                 if m.current.is_some() {
                     out.push((NodeKey::Current(d.clone()), CURRENT_LINK.into()));
@@ -484,6 +493,7 @@ impl VirtSnapFs {
         match key {
             NodeKey::Root | NodeKey::Domain(_) => NodeKey::Root,
             NodeKey::DomainXml(d)
+            | NodeKey::Status(d)
             | NodeKey::Live(d)
             | NodeKey::Current(d)
             | NodeKey::Snapshots(d) => NodeKey::Domain(d.clone()),
@@ -543,6 +553,7 @@ impl VirtSnapFs {
         for (child, name) in children {
             let kind = match child {
                 NodeKey::DomainXml(_)
+                | NodeKey::Status(_)
                 | NodeKey::SnapshotXml(..)
                 | NodeKey::LiveDisk(..)
                 | NodeKey::SnapshotDisk(..) => NodeKind::File,
@@ -575,10 +586,19 @@ impl VirtSnapFs {
                 self.describe(&key)
             ));
         }
+        let mut direct_io = false;
         let (handle, keep_cache) = match &key {
             NodeKey::DomainXml(d) => {
                 let m = self.domain(d)?;
                 (Handle::Bytes(Arc::from(m.xml.as_bytes())), false)
+            }
+            NodeKey::Status(d) => {
+                self.domain(d)?;
+                direct_io = true;
+                (
+                    Handle::Bytes(Arc::from(self.status_text(d).as_bytes())),
+                    false,
+                )
             }
             NodeKey::SnapshotXml(d, s) => {
                 let m = self.domain(d)?;
@@ -623,7 +643,11 @@ impl VirtSnapFs {
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, handle);
-        Ok(Opened { fh, keep_cache })
+        Ok(Opened {
+            fh,
+            keep_cache,
+            direct_io,
+        })
     }
 
     fn handle(&self, fh: u64) -> Result<HandleRef, FsError> {
@@ -697,6 +721,11 @@ impl VirtSnapFs {
         )
     }
 
+    /// The `status` file: the running operation's progress, or "idle".
+    fn status_text(&self, domain: &str) -> String {
+        format!("{}\n", self.ops.status(domain))
+    }
+
     /// Finishes or undoes the operations an earlier daemon left unfinished (see ops::journal).
     pub fn recover_unfinished_operations(&self) {
         self.ops.recover();
@@ -716,7 +745,13 @@ impl VirtSnapFs {
                 out.push((p, OsString::from(name)));
             }
         };
-        for fixed in [DOMAIN_XML, LIVE_DIR, CURRENT_LINK, SNAPSHOTS_DIR] {
+        for fixed in [
+            DOMAIN_XML,
+            STATUS_FILE,
+            LIVE_DIR,
+            CURRENT_LINK,
+            SNAPSHOTS_DIR,
+        ] {
             add(NodeKey::Domain(d.clone()), fixed.into());
         }
         for disk in &model.disks {
@@ -935,6 +970,7 @@ impl VirtSnapFs {
             NodeKey::Root => "the mount root".into(),
             NodeKey::Domain(d) => format!("domain {d}"),
             NodeKey::DomainXml(d) => format!("domain {d} {DOMAIN_XML}"),
+            NodeKey::Status(d) => format!("domain {d} {STATUS_FILE}"),
             NodeKey::Live(d) => format!("domain {d} {LIVE_DIR}/"),
             NodeKey::LiveDisk(d, t) => format!("domain {d} live disk {t}"),
             NodeKey::Current(d) => format!("domain {d} {CURRENT_LINK}"),

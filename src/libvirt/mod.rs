@@ -1,6 +1,7 @@
 //! The libvirt side: a connection that reconnects by itself, and the loading of a domain's
 //! model (disks, snapshot tree, current snapshot) from libvirt's XML.
 
+pub mod blockjob;
 pub mod edit;
 pub mod xml;
 
@@ -246,6 +247,39 @@ impl Backend for LibvirtBackend {
         self.with_connection(&format!("reverting {domain} to {name}"), |c| {
             let dom = c.lookup_domain_by_name(domain)?;
             virt::domain::Domain::lookup_snapshot_by_name(&dom, name, 0)?.revert(flags)
+        })
+        .map_err(|e| e.into_backend(domain))
+    }
+
+    fn block_commit(
+        &self,
+        domain: &str,
+        disk: &str,
+        base: &std::path::Path,
+        top: Option<&std::path::Path>,
+        bandwidth: u64,
+    ) -> Result<(), BackendError> {
+        let base = base.to_string_lossy();
+        let top = top.map(|t| t.to_string_lossy().into_owned());
+        self.with_connection(&format!("block commit on {domain} disk {disk}"), |c| {
+            let dom = c.lookup_domain_by_name(domain)?;
+            blockjob::commit(&dom, disk, &base, top.as_deref(), bandwidth)
+        })
+        .map_err(|e| e.into_backend(domain))
+    }
+
+    fn block_job(&self, domain: &str, disk: &str) -> Result<Option<(u64, u64)>, BackendError> {
+        self.with_connection(&format!("block job of {domain} disk {disk}"), |c| {
+            let dom = c.lookup_domain_by_name(domain)?;
+            Ok(blockjob::job_info(&dom, disk)?.map(|j| (j.cur, j.end)))
+        })
+        .map_err(|e| e.into_backend(domain))
+    }
+
+    fn block_job_abort(&self, domain: &str, disk: &str, pivot: bool) -> Result<(), BackendError> {
+        self.with_connection(&format!("ending block job of {domain} disk {disk}"), |c| {
+            let dom = c.lookup_domain_by_name(domain)?;
+            blockjob::abort(&dom, disk, pivot)
         })
         .map_err(|e| e.into_backend(domain))
     }

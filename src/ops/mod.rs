@@ -46,6 +46,10 @@ pub struct OpsOptions {
     pub allow_stop: bool,
     /// Where intent records are kept (DIR/journal).
     pub state_dir: PathBuf,
+    /// A live merge whose remaining work has not shrunk for this long is cancelled.
+    pub merge_timeout: std::time::Duration,
+    /// Bandwidth of live merges in bytes/s (0: unlimited).
+    pub merge_bandwidth: u64,
 }
 
 impl Default for OpsOptions {
@@ -54,6 +58,8 @@ impl Default for OpsOptions {
             kind: SnapshotKind::Auto,
             allow_stop: false,
             state_dir: PathBuf::from(journal::DEFAULT_STATE_DIR),
+            merge_timeout: std::time::Duration::from_secs(120),
+            merge_bandwidth: 0,
         }
     }
 }
@@ -64,6 +70,8 @@ pub struct SnapshotOps {
     options: OpsOptions,
     cache: Arc<MetadataCache>,
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// What each domain's running operation is doing, for DOMAIN/status.
+    status: Mutex<HashMap<String, String>>,
 }
 
 fn backend_err(e: BackendError) -> FsError {
@@ -106,6 +114,28 @@ impl SnapshotOps {
             options,
             cache,
             locks: Mutex::new(HashMap::new()),
+            status: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// What an operation on `domain` is doing now ("idle" when none is running).
+    pub fn status(&self, domain: &str) -> String {
+        self.status
+            .lock()
+            .get(domain)
+            .cloned()
+            .unwrap_or_else(|| "idle".into())
+    }
+
+    fn set_status(&self, domain: &str, status: Option<String>) {
+        let mut map = self.status.lock();
+        match status {
+            Some(s) => {
+                map.insert(domain.to_string(), s);
+            }
+            None => {
+                map.remove(domain);
+            }
         }
     }
 
@@ -574,14 +604,6 @@ impl SnapshotOps {
                 ),
             }
         }
-        if !merges.is_empty() && self.is_running(&model.name)? {
-            return Err(fs_err!(
-                Busy,
-                "domain {} is running; deleting snapshot {} merges images the running domain uses, which needs a block job; shut the domain down and retry",
-                model.name,
-                snap.name
-            ));
-        }
         let plan = DeletePlan {
             domain: model.name.clone(),
             snapshot: snap.name.clone(),
@@ -594,8 +616,17 @@ impl SnapshotOps {
         };
         let intent = self.record(&plan.to_json())?;
         journal::crash_point("delete-external:recorded");
-        self.finish_delete(&plan)?;
-        intent.done();
+        let mut merged = 0;
+        match self.finish_delete(&plan, &mut merged) {
+            Ok(()) => intent.done(),
+            // A live merge cancelled before any merge completed changed nothing: forget it.
+            // After one completed, the record stays, so the next mount finishes the delete.
+            Err(e) if e.kind == crate::fs::ErrorKind::Busy && merged == 0 => {
+                intent.done();
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
         info!(
             "domain {}: deleted external snapshot {}",
             model.name, snap.name
@@ -605,9 +636,12 @@ impl SnapshotOps {
 
     /// Every step of an external delete, each done only if not done yet: safe to run again
     /// after a crash at any point (a commit repeated writes the same data again).
-    fn finish_delete(&self, plan: &DeletePlan) -> Result<(), FsError> {
+    fn finish_delete(&self, plan: &DeletePlan, merged: &mut usize) -> Result<(), FsError> {
         for merge in &plan.merges {
-            self.merge(merge)?;
+            let result = self.merge(&plan.domain, merge);
+            self.set_status(&plan.domain, None);
+            result?;
+            *merged += 1;
         }
         journal::crash_point("delete-external:merged");
         let model = self.fresh_model(&plan.domain)?;
@@ -724,26 +758,73 @@ impl SnapshotOps {
         }))
     }
 
+    /// The canonical layers of `domain`'s live disk `target` if the domain is running.
+    fn running_layers(&self, domain: &str, target: &str) -> Result<Option<Vec<PathBuf>>, FsError> {
+        if !self.is_running(domain)? {
+            return Ok(None);
+        }
+        let model = self.fresh_model(domain)?;
+        let Some(disk) = model.disks.iter().find(|d| d.target == target) else {
+            return Ok(None);
+        };
+        let chain = crate::image::open_chain(&disk.chain, self.cache.clone())
+            .map_err(|e| fs_err!(Io, "domain {domain} disk {target}: {e}"))?;
+        Ok(Some(
+            chain
+                .layers()
+                .iter()
+                .map(|l| images::canonical(&l.path))
+                .collect(),
+        ))
+    }
+
     /// Commits `plan.overlay` into `plan.base` and points everything that read the overlay at
-    /// the base. Each step is idempotent.
-    fn merge(&self, plan: &MergePlan) -> Result<(), FsError> {
+    /// the base. Offline with qemu-img; with a block job when `domain` runs on the overlay.
+    /// Each step is idempotent.
+    fn merge(&self, domain: &str, plan: &MergePlan) -> Result<(), FsError> {
+        let running = self.running_layers(domain, &plan.target)?;
+        let live = running.as_ref().filter(|l| l.contains(&plan.overlay));
         if plan.overlay.exists() {
             info!(
-                "disk {}: merging {} into {}",
+                "domain {domain} disk {}: merging {} into {}{}",
                 plan.target,
                 plan.overlay.display(),
-                plan.base.display()
+                plan.base.display(),
+                if live.is_some() { " (live)" } else { "" }
             );
-            images::commit(&plan.overlay, &plan.base)?;
+            match live {
+                Some(layers) => {
+                    let active = layers.first() == Some(&plan.overlay);
+                    self.live_commit(domain, plan, active)?;
+                }
+                None => {
+                    self.set_status(
+                        domain,
+                        Some(format!(
+                            "merging {} into {} (offline)",
+                            plan.overlay.display(),
+                            plan.base.display()
+                        )),
+                    );
+                    images::commit(&plan.overlay, &plan.base)?;
+                }
+            }
         }
         journal::crash_point("delete-external:committed");
-        for image in plan.rebase.iter().filter(|i| i.exists()) {
+        // A running QEMU has re-pointed the images of its own chain already; the others are
+        // rebased here (never an image a running domain has open).
+        let open_by_qemu: BTreeSet<PathBuf> = running.unwrap_or_default().into_iter().collect();
+        for image in plan
+            .rebase
+            .iter()
+            .filter(|i| i.exists() && !open_by_qemu.contains(*i))
+        {
             images::rebase_unsafe(image, &plan.base, plan.base_format)?;
         }
         journal::crash_point("delete-external:rebased");
         let base = plan.base.to_str().unwrap_or_default();
-        for (domain, snapshot, target) in &plan.snapshot_users {
-            let m = self.fresh_model(domain)?;
+        for (owner, snapshot, target) in &plan.snapshot_users {
+            let m = self.fresh_model(owner)?;
             let Some(s) = m.snapshot(snapshot) else {
                 continue;
             };
@@ -752,21 +833,151 @@ impl SnapshotOps {
             let current = m.current.as_deref() == Some(snapshot.as_str());
             let f = flags::CREATE_REDEFINE | if current { flags::CREATE_CURRENT } else { 0 };
             self.backend
-                .create_snapshot(domain, &xml, f)
+                .create_snapshot(owner, &xml, f)
                 .map_err(backend_err)?;
         }
-        for (domain, target) in &plan.domain_users {
-            let m = self.fresh_model(domain)?;
-            let on_overlay = m.disks.iter().any(|d| {
-                d.target == *target && images::canonical(&d.chain.top.path) == plan.overlay
-            });
+        // The persistent definition (a live pivot updates only the running one).
+        for (owner, target) in &plan.domain_users {
+            let xml = self.backend.inactive_xml(owner).map_err(backend_err)?;
+            let on_overlay = crate::libvirt::xml::parse_domain(&xml)
+                .map_err(xml_err)?
+                .iter()
+                .any(|d| match d {
+                    crate::libvirt::xml::DiskEntry::Served(d) => {
+                        d.target == *target && images::canonical(&d.chain.top.path) == plan.overlay
+                    }
+                    crate::libvirt::xml::DiskEntry::Skipped { .. } => false,
+                });
             if on_overlay {
-                let xml = self.backend.inactive_xml(domain).map_err(backend_err)?;
                 let xml = edit::set_domain_disk_source(&xml, target, base, plan.base_format.name())
                     .map_err(xml_err)?;
                 self.backend.define_domain(&xml).map_err(backend_err)?;
             }
         }
+        Ok(())
+    }
+
+    /// A block commit on a running domain: the overlay's data goes into the base while the
+    /// guest runs; an active commit then pivots the disk onto the base. A job whose remaining
+    /// work stops shrinking for `merge_timeout` (the guest writes faster than it merges) is
+    /// cancelled, leaving every image as it read before.
+    fn live_commit(&self, domain: &str, plan: &MergePlan, active: bool) -> Result<(), FsError> {
+        use std::time::{Duration, Instant};
+        let target = &plan.target;
+        let wait_gone = |what: &str| -> Result<(), FsError> {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while self
+                .backend
+                .block_job(domain, target)
+                .map_err(backend_err)?
+                .is_some()
+            {
+                if Instant::now() > deadline {
+                    return Err(fs_err!(
+                        Busy,
+                        "domain {domain} disk {target}: the block job did not end after {what}"
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(())
+        };
+        // A job left by a daemon that died mid-merge: cancel it and start over.
+        if self
+            .backend
+            .block_job(domain, target)
+            .map_err(backend_err)?
+            .is_some()
+        {
+            warn!("domain {domain} disk {target}: cancelling a block job left running");
+            self.backend
+                .block_job_abort(domain, target, false)
+                .map_err(backend_err)?;
+            wait_gone("cancelling")?;
+        }
+        let top = if active {
+            None
+        } else {
+            Some(plan.overlay.as_path())
+        };
+        self.backend
+            .block_commit(
+                domain,
+                target,
+                &plan.base,
+                top,
+                self.options.merge_bandwidth,
+            )
+            .map_err(backend_err)?;
+        let started = Instant::now();
+        let mut best_remaining = u64::MAX;
+        let mut last_progress = Instant::now();
+        let mut last_log = Instant::now();
+        loop {
+            let Some((cur, end)) = self
+                .backend
+                .block_job(domain, target)
+                .map_err(backend_err)?
+            else {
+                if active {
+                    return Err(fs_err!(Io, "domain {domain} disk {target}: the block commit ended without becoming ready (see libvirt's log)"));
+                }
+                break;
+            };
+            let remaining = end.saturating_sub(cur);
+            let percent = cur.saturating_mul(100).checked_div(end).unwrap_or(0);
+            let status = format!(
+                "merging {} into {} (live): {percent}% ({cur}/{end}), {} s",
+                plan.overlay.display(),
+                plan.base.display(),
+                started.elapsed().as_secs()
+            );
+            if last_log.elapsed() >= Duration::from_secs(5) {
+                info!("domain {domain} disk {target}: {status}");
+                last_log = Instant::now();
+            }
+            self.set_status(domain, Some(status));
+            if active && end > 0 && cur == end {
+                self.backend
+                    .block_job_abort(domain, target, true)
+                    .map_err(backend_err)?;
+                wait_gone("the pivot")?;
+                break;
+            }
+            if remaining < best_remaining {
+                best_remaining = remaining;
+                last_progress = Instant::now();
+            } else if last_progress.elapsed() > self.options.merge_timeout {
+                self.backend
+                    .block_job_abort(domain, target, false)
+                    .map_err(backend_err)?;
+                wait_gone("cancelling")?;
+                return Err(fs_err!(
+                    Busy,
+                    "domain {domain} disk {target}: merging {} into {} made no progress for {} s ({cur} of {end} done), so it was cancelled and nothing changed; retry when the guest writes less, or shut it down",
+                    plan.overlay.display(),
+                    plan.base.display(),
+                    self.options.merge_timeout.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The job is gone: check that the disk no longer reads the overlay.
+        if let Some(layers) = self.running_layers(domain, target)? {
+            if layers.contains(&plan.overlay) {
+                return Err(fs_err!(
+                    Io,
+                    "domain {domain} disk {target}: after the block commit the disk still reads {}",
+                    plan.overlay.display()
+                ));
+            }
+        }
+        info!(
+            "domain {domain} disk {target}: merged {} into {} in {:.1} s",
+            plan.overlay.display(),
+            plan.base.display(),
+            started.elapsed().as_secs_f64()
+        );
         Ok(())
     }
 
@@ -815,7 +1026,7 @@ impl SnapshotOps {
             }
             "delete-external" => {
                 let plan = DeletePlan::from_json(intent).ok_or_else(bad)?;
-                self.finish_delete(&plan)?;
+                self.finish_delete(&plan, &mut 0)?;
                 Ok(format!(
                     "deletion of {} of domain {} finished",
                     plan.snapshot, plan.domain
