@@ -671,3 +671,57 @@ fn a_live_merge_that_does_not_converge_is_cancelled_and_changes_nothing() {
     );
     assert_eq!(std::fs::read_to_string(&status_path).unwrap(), "idle\n");
 }
+
+/// The chain of image paths of `dom`'s live vda, top first, as qemu-img sees it.
+fn live_chain(dom: &TestDomain) -> Vec<String> {
+    let top = dom.live_source("vda");
+    let info: serde_json::Value = serde_json::from_str(&sh(
+        "qemu-img",
+        &[
+            "info",
+            "-U",
+            "--backing-chain",
+            "--output=json",
+            top.to_str().unwrap(),
+        ],
+    ))
+    .unwrap();
+    info.as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["filename"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn seed_004_running_chain_base_snap1_snap2_active_loses_one_image() {
+    let dom = TestDomain::new("seed004", "32M");
+    virsh(&["start", &dom.name]);
+    let mount = Mount::new(&["snapshot_kind=external"]);
+    for (i, name) in ["snap1", "snap2", "snap3"].iter().enumerate() {
+        dom.write_running(&format!("write -P {} {}M 1M", 0x71 + i, i));
+        dom.write_running("flush");
+        let at = if i == 0 { "snapshots" } else { "current" };
+        sh("mkdir", &[&p(&mount, &dom, &format!("{at}/{name}"))]);
+    }
+    dom.write_running("write -P 0x7f 5M 1M");
+    dom.write_running("flush");
+    // base <- snap1 <- snap2 <- active, as in the seed.
+    assert_eq!(live_chain(&dom).len(), 4);
+    let before = disk_hashes(&mount, &dom);
+    // The seed pulls snap2 into the active image and forgets the snapshot whose disk was
+    // snap2: here that is rmdir of snap3, after which the chain is one image shorter.
+    sh("rmdir", &[&p(&mount, &dom, "snapshots/snap1/snap2/snap3")]);
+    let after = disk_hashes(&mount, &dom);
+    assert_unchanged_except(&before, &after, &["snap3/vda"]);
+    assert_eq!(live_chain(&dom).len(), 3, "{:?}", live_chain(&dom));
+    assert_eq!(virsh(&["domstate", &dom.name]).trim(), "running");
+    assert_tree_matches_virsh(&mount, &dom);
+    // With a base: removing snap2 merges the middle of the chain, the guest still running.
+    let before = after;
+    sh("rmdir", &[&p(&mount, &dom, "snapshots/snap1/snap2")]);
+    let after = disk_hashes(&mount, &dom);
+    assert_unchanged_except(&before, &after, &["snap2/vda"]);
+    assert_eq!(live_chain(&dom).len(), 2, "{:?}", live_chain(&dom));
+    assert_tree_matches_virsh(&mount, &dom);
+}
