@@ -27,6 +27,11 @@ fn man_page_lints_clean_and_lists_every_option() {
         ("allow_other", "allow_other"),
         ("auto_unmount", "auto_unmount"),
         ("nofail", "nofail"),
+        ("snapshot_kind=", "snapshot_kind=external"),
+        ("allow_stop", "allow_stop"),
+        ("state_dir=", "state_dir=/tmp/x"),
+        ("merge_timeout=", "merge_timeout=30"),
+        ("merge_bandwidth=", "merge_bandwidth=1000000"),
     ] {
         assert!(text.contains(option), "man page does not mention {option}");
         assert!(
