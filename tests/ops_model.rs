@@ -85,7 +85,7 @@ fn run(setup: Setup, label: &str) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed);
-    let mut state = seed ^ (setup as u64 + 1) * 0x9e37_79b9;
+    let mut state = seed ^ ((setup as u64 + 1) * 0x9e37_79b9);
     let dom = TestDomain::new(label, "4M");
     let running = setup == Setup::RunningInternal;
     if running {
