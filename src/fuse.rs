@@ -19,6 +19,11 @@ use crate::fs::{Attr, FsError, KernelCache, NodeKind, VirtSnapFs, Whence};
 /// Largest read the kernel sends us in one request (fuser derives max_pages from it).
 const MAX_READ: u32 = 1 << 20;
 
+thread_local! {
+    /// One read buffer per FUSE worker thread, reused for every request.
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 pub struct FuseAdapter {
     fs: Arc<VirtSnapFs>,
     ttl: Duration,
@@ -275,10 +280,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
+        READ_BUFFER.with_borrow_mut(|buf| match self.fs.read_into(fh.0, offset, size, buf) {
+            Ok(()) => reply.data(buf),
             Err(e) => reply.error(errno("read", &e)),
-        }
+        });
     }
 
     fn write(

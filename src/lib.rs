@@ -12,6 +12,7 @@
 //! - [`ops`]: the snapshot operations behind mkdir, rename and rmdir.
 //! - [`fuse`]: the thin fuser adapter over [`fs`].
 //! - [`mount`]: command-line mount options, daemonizing and clean unmounting.
+//! - [`sys`]: process-wide libc settings (malloc arenas).
 
 // The only unsafe code is the block job FFI in libvirt/blockjob.rs, which allows it.
 #![deny(unsafe_code)]
@@ -27,3 +28,4 @@ pub mod mount;
 pub mod ops;
 pub mod qcow2;
 pub mod source;
+pub mod sys;

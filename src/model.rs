@@ -38,6 +38,22 @@ pub struct DomainModel {
 }
 
 impl DomainModel {
+    /// A cheap summary of what changes when libvirt's view of a domain changes: its XML, its
+    /// snapshots' names and its current snapshot (see `Backend::domain_fingerprint`).
+    pub fn fingerprint_of(xml: &str, snapshot_names: &[String], current: Option<&str>) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut names = snapshot_names.to_vec();
+        names.sort();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (xml, names, current).hash(&mut h);
+        h.finish()
+    }
+
+    pub fn fingerprint(&self) -> u64 {
+        let names: Vec<String> = self.snapshots.iter().map(|s| s.name.clone()).collect();
+        Self::fingerprint_of(&self.xml, &names, self.current.as_deref())
+    }
+
     pub fn snapshot(&self, name: &str) -> Option<&SnapshotModel> {
         self.snapshots.iter().find(|s| s.name == name)
     }

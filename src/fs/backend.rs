@@ -56,6 +56,9 @@ pub trait Backend: Send + Sync {
     fn list_domains(&self) -> Result<Vec<String>, BackendError>;
     /// The domain's model, or None when no such domain exists.
     fn load_domain(&self, name: &str) -> Result<Option<DomainModel>, BackendError>;
+    /// `DomainModel::fingerprint` of the domain as it is now, from a few cheap calls (None:
+    /// no such domain), so an unchanged domain need not be reloaded.
+    fn domain_fingerprint(&self, name: &str) -> Result<Option<u64>, BackendError>;
     fn domain_state(&self, domain: &str) -> Result<DomainState, BackendError>;
     /// The persistent (inactive) domain XML, as `virsh dumpxml --inactive --security-info`.
     fn inactive_xml(&self, domain: &str) -> Result<String, BackendError>;

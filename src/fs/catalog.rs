@@ -21,11 +21,22 @@ struct Cached<T> {
     value: T,
 }
 
+/// A domain's model, when it was last checked, and when it was last loaded in full.
+struct CachedDomain {
+    checked: Instant,
+    loaded: Instant,
+    model: Option<Arc<DomainModel>>,
+}
+
+/// An unchanged fingerprint is trusted for this long; then the model is reloaded in full
+/// anyway (a snapshot's XML edited in place does not change the fingerprint).
+const FULL_RELOAD_AFTER: Duration = Duration::from_secs(30);
+
 pub struct Catalog {
     backend: Arc<dyn Backend>,
     refresh: Duration,
     names: Mutex<Option<Cached<Arc<Vec<String>>>>>,
-    domains: Mutex<HashMap<String, Cached<Option<Arc<DomainModel>>>>>,
+    domains: Mutex<HashMap<String, CachedDomain>>,
 }
 
 impl Catalog {
@@ -65,29 +76,49 @@ impl Catalog {
         }
     }
 
-    /// The model of domain `name`, or None if there is no such domain.
+    /// The model of domain `name`, or None if there is no such domain. Older than the
+    /// refresh interval, it is checked against libvirt with a cheap fingerprint and reloaded
+    /// only when that changed (or after FULL_RELOAD_AFTER).
     pub fn domain(&self, name: &str) -> Result<Option<Arc<DomainModel>>, FsError> {
-        if let Some(c) = self.domains.lock().get(name) {
-            if c.loaded.elapsed() < self.refresh {
-                return Ok(c.value.clone());
+        let cached = self
+            .domains
+            .lock()
+            .get(name)
+            .map(|c| (c.checked.elapsed(), c.loaded.elapsed(), c.model.clone()));
+        if let Some((checked, loaded, model)) = &cached {
+            if *checked < self.refresh {
+                return Ok(model.clone());
+            }
+            if *loaded < FULL_RELOAD_AFTER {
+                let current = model.as_ref().map(|m| m.fingerprint());
+                if let Ok(fp) = self.backend.domain_fingerprint(name) {
+                    if fp == current {
+                        if let Some(c) = self.domains.lock().get_mut(name) {
+                            c.checked = Instant::now();
+                        }
+                        return Ok(model.clone());
+                    }
+                }
             }
         }
         match self.backend.load_domain(name) {
             Ok(model) => {
                 let model = model.map(Arc::new);
+                let now = Instant::now();
                 self.domains.lock().insert(
                     name.to_string(),
-                    Cached {
-                        loaded: Instant::now(),
-                        value: model.clone(),
+                    CachedDomain {
+                        checked: now,
+                        loaded: now,
+                        model: model.clone(),
                     },
                 );
                 Ok(model)
             }
-            Err(e) => match self.domains.lock().get(name) {
-                Some(c) => {
+            Err(e) => match cached {
+                Some((_, _, model)) => {
                     warn!("{e}; showing domain {name} as last seen");
-                    Ok(c.value.clone())
+                    Ok(model)
                 }
                 None => Err(fs_err!(Io, "{e}")),
             },

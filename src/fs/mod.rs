@@ -49,6 +49,8 @@ pub const DISK_SUFFIX: &str = ".raw";
 
 /// Opened chains of snapshot disks kept ready (each holds a file descriptor per layer).
 const OPEN_CHAINS: usize = 64;
+/// Sizes of snapshot disks remembered for `stat` (a few dozen bytes each; they never change).
+const DISK_ATTRS: usize = 65_536;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeKind {
@@ -134,6 +136,26 @@ struct ChainEntry {
     spec: ChainSpec,
     opened: Instant,
     result: Result<Arc<Chain>, String>,
+    /// Modification time and size of every layer file when the chain was opened.
+    stamp: Vec<(std::path::PathBuf, Option<SystemTime>, u64)>,
+}
+
+/// What identifies the contents of a chain's files: if no layer's mtime or size changed, no
+/// byte changed (every write updates the mtime).
+fn layer_stamp(chain: &Chain) -> Vec<(std::path::PathBuf, Option<SystemTime>, u64)> {
+    chain
+        .layers()
+        .iter()
+        .flat_map(|l| std::iter::once(&l.path).chain(l.data_file.as_ref()))
+        .map(|p| {
+            let meta = std::fs::metadata(p).ok();
+            (
+                p.clone(),
+                meta.as_ref().and_then(|m| m.modified().ok()),
+                meta.map_or(0, |m| m.len()),
+            )
+        })
+        .collect()
 }
 
 /// The kernel's caches of names, attributes and pages, which must forget what an operation
@@ -157,6 +179,8 @@ pub struct VirtSnapFs {
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     chains: Mutex<LruCache<ChainKey, ChainEntry>>,
+    /// (size, allocated bytes) of snapshot disks, so `ls -l` of many snapshots opens nothing.
+    disk_attrs: Mutex<LruCache<(ChainKey, ChainSpec), (u64, u64)>>,
     cache: Arc<MetadataCache>,
     options: Options,
     mounted_at: SystemTime,
@@ -185,6 +209,9 @@ impl VirtSnapFs {
             next_fh: AtomicU64::new(1),
             chains: Mutex::new(LruCache::new(
                 NonZeroUsize::new(OPEN_CHAINS).expect("nonzero"),
+            )),
+            disk_attrs: Mutex::new(LruCache::new(
+                NonZeroUsize::new(DISK_ATTRS).expect("nonzero"),
             )),
             cache,
             options,
@@ -273,12 +300,14 @@ impl VirtSnapFs {
         if let Err(e) = &result {
             warn!("{label}: cannot be read: {e}");
         }
+        let stamp = result.as_ref().map(|c| layer_stamp(c)).unwrap_or_default();
         self.chains.lock().put(
             key,
             ChainEntry {
                 spec: spec.clone(),
                 opened: Instant::now(),
                 result: result.clone(),
+                stamp,
             },
         );
         result.map_err(|e| fs_err!(Io, "{label}: {e}"))
@@ -390,14 +419,23 @@ impl VirtSnapFs {
                 let m = self.domain(d)?;
                 let disk = self.snapshot_disk(&m, s, t)?;
                 let created = m.snapshot(s).map_or(0, |s| s.creation_time);
+                let key = ChainKey::Snapshot(d.clone(), s.clone(), t.clone());
+                let remembered = (key.clone(), disk.chain.clone());
+                if let Some(&(size, allocated)) = self.disk_attrs.lock().get(&remembered) {
+                    let mut attr = self.disk_attr(ino, Err(fs_err!(Io, "")), unix_time(created));
+                    attr.size = size;
+                    attr.allocated = allocated;
+                    return Ok(attr);
+                }
                 let label = format!("domain {d} snapshot {s} disk {t}");
-                let chain = self.chain(
-                    ChainKey::Snapshot(d.clone(), s.clone(), t.clone()),
-                    &disk.chain,
-                    None,
-                    &label,
-                );
-                Ok(self.disk_attr(ino, chain, unix_time(created)))
+                let chain = self.chain(key, &disk.chain, None, &label);
+                let attr = self.disk_attr(ino, chain.clone(), unix_time(created));
+                if chain.is_ok() {
+                    self.disk_attrs
+                        .lock()
+                        .put(remembered, (attr.size, attr.allocated));
+                }
+                Ok(attr)
             }
         }
     }
@@ -611,14 +649,20 @@ impl VirtSnapFs {
                 let m = self.domain(d)?;
                 let disk = self.live_disk(&m, t)?;
                 let label = format!("domain {d} live disk {t}");
+                let key = ChainKey::Live(d.clone(), t.clone());
+                let previous = self
+                    .chains
+                    .lock()
+                    .peek(&key)
+                    .filter(|e| e.spec == disk.chain && e.result.is_ok())
+                    .map(|e| e.stamp.clone());
                 // A live disk may be changing: re-read its metadata at every open.
-                let chain = self.chain(
-                    ChainKey::Live(d.clone(), t.clone()),
-                    &disk.chain,
-                    Some(Duration::ZERO),
-                    &label,
-                )?;
-                (Handle::Disk { chain, label }, false)
+                let chain = self.chain(key.clone(), &disk.chain, Some(Duration::ZERO), &label)?;
+                // Pages cached by earlier reads stay valid while the domain is shut off and no
+                // layer file changed since the previous open; a running domain's never do.
+                let unchanged = previous
+                    .is_some_and(|p| self.chains.lock().peek(&key).is_some_and(|e| e.stamp == p));
+                (Handle::Disk { chain, label }, !m.active && unchanged)
             }
             NodeKey::SnapshotDisk(d, s, t) => {
                 let m = self.domain(d)?;
@@ -661,21 +705,36 @@ impl VirtSnapFs {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let mut buf = Vec::new();
+        self.read_into(fh, offset, size, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Reads into `buf` (resized to the bytes read), so a caller can reuse one buffer for
+    /// every read instead of allocating a megabyte per request.
+    pub fn read_into(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), FsError> {
         match self.handle(fh)? {
             HandleRef::Bytes(b) => {
                 let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
                 let end = start.saturating_add(size as usize).min(b.len());
-                Ok(b[start..end].to_vec())
+                buf.clear();
+                buf.extend_from_slice(&b[start..end]);
             }
             HandleRef::Disk(chain, label) => {
-                let mut buf = vec![0u8; size as usize];
+                buf.resize(size as usize, 0);
                 let n = chain
-                    .read_at(&mut buf, offset)
+                    .read_at(buf, offset)
                     .map_err(|e| fs_err!(Io, "{label}: read at {offset}: {e}"))?;
                 buf.truncate(n);
-                Ok(buf)
             }
         }
+        Ok(())
     }
 
     /// SEEK_DATA / SEEK_HOLE, so `cp --sparse` and `qemu-img convert` skip holes.

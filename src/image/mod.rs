@@ -21,7 +21,7 @@ use crate::qcow2::{FormatError, ReadError};
 /// dozen layers, and every layer holds a file descriptor open.
 pub const MAX_CHAIN_DEPTH: usize = 256;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
     Raw,
     Qcow2,

@@ -15,7 +15,7 @@ use crate::source::{ByteSource, FileSource};
 
 /// One image of a chain: its path and, when known, its format (None: probe, as QEMU does for
 /// images that do not declare their backing format).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LayerSpec {
     pub path: PathBuf,
     pub format: Option<Format>,
@@ -31,7 +31,7 @@ impl LayerSpec {
 }
 
 /// Where the layers below the top come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Backing {
     /// Follow the backing file names and formats stored in the images.
     FromImages,
@@ -39,7 +39,7 @@ pub enum Backing {
     Explicit(Vec<LayerSpec>),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ChainSpec {
     pub top: LayerSpec,
     /// Read this internal snapshot of the top image instead of its active state.

@@ -198,6 +198,28 @@ impl Backend for LibvirtBackend {
         }
     }
 
+    fn domain_fingerprint(&self, name: &str) -> Result<Option<u64>, BackendError> {
+        let fp = self.with_connection(&format!("checking domain {name}"), |c| {
+            let dom = c.lookup_domain_by_name(name)?;
+            let xml = dom.xml_desc(0)?;
+            let mut names = Vec::new();
+            for s in dom.list_all_snapshots(0)? {
+                names.push(s.name()?);
+            }
+            let current = dom.current_snapshot(0).ok().and_then(|s| s.name().ok());
+            Ok(DomainModel::fingerprint_of(
+                &xml,
+                &names,
+                current.as_deref(),
+            ))
+        });
+        match fp {
+            Ok(f) => Ok(Some(f)),
+            Err(LoadError::NoDomain) => Ok(None),
+            Err(LoadError::Backend(e)) => Err(e),
+        }
+    }
+
     fn domain_state(&self, domain: &str) -> Result<DomainState, BackendError> {
         use virt::domain::DomainState as S;
         self.with_connection(&format!("state of domain {domain}"), |c| {

@@ -15,24 +15,54 @@ pub fn decompress(compression_type: u8, input: &[u8], output: &mut [u8]) -> bool
     }
 }
 
+thread_local! {
+    // Decoder state is reused per thread: allocating it for every cluster costs more than
+    // decompressing a small cluster, and churns the allocator.
+    static INFLATER: std::cell::RefCell<flate2::Decompress> =
+        std::cell::RefCell::new(flate2::Decompress::new(false));
+    static ZSTD: std::cell::RefCell<Option<zstd::stream::raw::Decoder<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Raw deflate (no zlib header), as QEMU writes with `deflateInit2(-12)`. A full output buffer
 /// is success even when the stream has not reached its end marker (QEMU accepts Z_BUF_ERROR).
 fn inflate_raw(input: &[u8], output: &mut [u8]) -> bool {
-    let mut inflater = flate2::Decompress::new(false);
-    match inflater.decompress(input, output, flate2::FlushDecompress::Finish) {
-        Ok(_) => inflater.total_out() == output.len() as u64,
-        Err(_) => false,
-    }
+    INFLATER.with_borrow_mut(|inflater| {
+        inflater.reset(false);
+        match inflater.decompress(input, output, flate2::FlushDecompress::Finish) {
+            Ok(_) => inflater.total_out() == output.len() as u64,
+            Err(_) => false,
+        }
+    })
 }
 
 /// zstd, possibly several frames back to back (QEMU's encoder may split a cluster into frames).
 /// Mirrors QEMU's loop: stop with an error when a call makes no progress, and require the last
 /// frame to be complete once the cluster is full.
 fn zstd_frames(input: &[u8], output: &mut [u8]) -> bool {
-    use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
-    let Ok(mut decoder) = Decoder::new() else {
-        return false;
-    };
+    use zstd::stream::raw::{Decoder, Operation};
+    ZSTD.with_borrow_mut(|slot| {
+        if slot.is_none() {
+            *slot = Decoder::new().ok();
+        }
+        let Some(decoder) = slot.as_mut() else {
+            return false;
+        };
+        // A decoder left mid-frame by garbage input must start clean.
+        if decoder.reinit().is_err() {
+            *slot = None;
+            return false;
+        }
+        zstd_run(decoder, input, output)
+    })
+}
+
+fn zstd_run(
+    decoder: &mut zstd::stream::raw::Decoder<'static>,
+    input: &[u8],
+    output: &mut [u8],
+) -> bool {
+    use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
     let out_len = output.len();
     let mut inbuf = InBuffer::around(input);
     let mut outbuf = OutBuffer::around(output);

@@ -169,24 +169,68 @@ impl Qcow2Image {
             return Ok(unallocated_span);
         };
         let l2_index = (guest_offset >> cluster_bits) & ((1u64 << l2_bits) - 1);
-        let (entry, bitmap) = if self.geometry.extended_l2 {
-            (
-                self.table_entry(cache, l2_offset, l2_index * 2)?,
-                self.table_entry(cache, l2_offset, l2_index * 2 + 1)?,
-            )
-        } else {
-            (self.table_entry(cache, l2_offset, l2_index)?, 0)
+        // Entries are u64 pairs with extended L2.
+        let width = if self.geometry.extended_l2 { 2 } else { 1 };
+        let (slice, mut at) = self.table_slice(cache, l2_offset, l2_index * width)?;
+        let entry_at = |i: usize| -> (u64, u64) {
+            let entry = slice.get(i).copied().unwrap_or(0);
+            let bitmap = if width == 2 {
+                slice.get(i + 1).copied().unwrap_or(0)
+            } else {
+                0
+            };
+            (entry, bitmap)
         };
-        Ok(l2::decode(entry, bitmap, guest_offset, &self.geometry)?)
+        let (entry, bitmap) = entry_at(at);
+        let mut run = l2::decode(entry, bitmap, guest_offset, &self.geometry)?;
+        // Extend the run over the following entries of the same slice while they continue it
+        // (more unallocated or zero clusters, or data at the next host offset), so a long
+        // stretch costs one call, not one per cluster: what keeps deep chains cheap.
+        let cluster_size = 1u64 << cluster_bits;
+        let mut next = guest_offset + run.len;
+        let slice_entries = slice.len() / width as usize;
+        while next & (cluster_size - 1) == 0
+            && next < span_end
+            && !matches!(run.mapping, Mapping::Compressed { .. })
+        {
+            at += width as usize;
+            if at / width as usize >= slice_entries {
+                break;
+            }
+            let (entry, bitmap) = entry_at(at);
+            let Ok(following) = l2::decode(entry, bitmap, next, &self.geometry) else {
+                break;
+            };
+            let continues = match (run.mapping, following.mapping) {
+                (Mapping::Unallocated, Mapping::Unallocated) | (Mapping::Zero, Mapping::Zero) => {
+                    true
+                }
+                (Mapping::Data { host_offset: a }, Mapping::Data { host_offset: b }) => {
+                    a.checked_add(run.len) == Some(b)
+                }
+                _ => false,
+            };
+            if !continues {
+                break;
+            }
+            run.len += following.len;
+            next += following.len;
+            // A run that ends inside a cluster (subclusters) cannot be extended further.
+            if following.len != cluster_size {
+                break;
+            }
+        }
+        Ok(run)
     }
 
-    /// Entry `index` (u64-sized) of the table at `table_offset`, through the slice cache.
-    fn table_entry(
+    /// The cached slice of the table at `table_offset` holding u64 entry `index`, and the
+    /// entry's position in it.
+    fn table_slice(
         &self,
         cache: &MetadataCache,
         table_offset: u64,
         index: u64,
-    ) -> Result<u64, ReadError> {
+    ) -> Result<(Arc<[u64]>, usize), ReadError> {
         let slice_bytes = TABLE_SLICE_BYTES.min(self.cluster_size());
         let entries_per_slice = slice_bytes / 8;
         let slice_offset = (index / entries_per_slice)
@@ -207,11 +251,18 @@ impl Qcow2Image {
                 slice
             }
         };
-        // The index is below entries_per_slice, which is the slice's length.
-        Ok(slice
-            .get((index % entries_per_slice) as usize)
-            .copied()
-            .unwrap_or(0))
+        Ok((slice, (index % entries_per_slice) as usize))
+    }
+
+    /// Entry `index` (u64-sized) of the table at `table_offset`, through the slice cache.
+    fn table_entry(
+        &self,
+        cache: &MetadataCache,
+        table_offset: u64,
+        index: u64,
+    ) -> Result<u64, ReadError> {
+        let (slice, at) = self.table_slice(cache, table_offset, index)?;
+        Ok(slice.get(at).copied().unwrap_or(0))
     }
 
     /// The decompressed contents of the compressed cluster at `host_offset`, through the cache.
