@@ -26,13 +26,11 @@ thread_local! {
 
 pub struct FuseAdapter {
     fs: Arc<VirtSnapFs>,
-    ttl: Duration,
 }
 
 impl FuseAdapter {
     pub fn new(fs: Arc<VirtSnapFs>) -> FuseAdapter {
-        let ttl = fs.options().refresh;
-        FuseAdapter { fs, ttl }
+        FuseAdapter { fs }
     }
 }
 
@@ -117,14 +115,14 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&self.fs.ttl(&a), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(errno("lookup", &e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
-            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+            Ok(a) => reply.attr(&self.fs.ttl(&a), &file_attr(&a)),
             Err(e) => reply.error(errno("getattr", &e)),
         }
     }
@@ -186,7 +184,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         match self.fs.mkdir(parent.0, name) {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&self.fs.ttl(&a), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(errno("mkdir", &e)),
         }
     }

@@ -299,6 +299,7 @@ fn run_foreground(request: &MountRequest, options: MountOptions) -> Result<(), S
     fs.set_kernel_cache(Arc::new(crate::fuse::NotifierKernelCache::start(
         session.notifier(),
     )));
+    fs.start_refresher();
     info!("mounted on {}", request.mountpoint.display());
 
     let (tx, rx) = mpsc::channel();

@@ -16,6 +16,11 @@ use super::error::FsError;
 use crate::fs_err;
 use crate::model::DomainModel;
 
+/// A list of domain names, shared.
+type Names = Arc<Vec<String>>;
+/// A domain's model, or None when the domain does not exist.
+type Model = Option<Arc<DomainModel>>;
+
 struct Cached<T> {
     loaded: Instant,
     value: T,
@@ -123,6 +128,49 @@ impl Catalog {
                 None => Err(fs_err!(Io, "{e}")),
             },
         }
+    }
+
+    /// Names of the domains whose models are loaded (what the kernel may have cached).
+    pub fn loaded_domains(&self) -> Vec<String> {
+        self.domains.lock().keys().cloned().collect()
+    }
+
+    /// The domain names as last listed, without asking libvirt.
+    pub fn known_names(&self) -> Option<Arc<Vec<String>>> {
+        self.names.lock().as_ref().map(|c| c.value.clone())
+    }
+
+    /// Re-lists the domains now; returns (before, after) when the list changed.
+    pub fn recheck_names(&self) -> Option<(Names, Names)> {
+        let before = self.known_names()?;
+        *self.names.lock() = None;
+        let after = self.domain_names().ok()?;
+        (before != after).then_some((before, after))
+    }
+
+    /// Checks domain `name` against libvirt now (fingerprint, reload if changed); returns the
+    /// old and new models when it changed.
+    pub fn recheck(&self, name: &str) -> Option<(Model, Model)> {
+        let before = self.domains.lock().get(name).map(|c| c.model.clone())?;
+        // Expire it so domain() consults libvirt (or drop it, to reload in full).
+        let expired = Instant::now().checked_sub(self.refresh + Duration::from_millis(1));
+        match expired {
+            Some(t) => {
+                if let Some(c) = self.domains.lock().get_mut(name) {
+                    c.checked = t;
+                }
+            }
+            None => {
+                self.domains.lock().remove(name);
+            }
+        }
+        let after = self.domain(name).ok()?;
+        let same = match (&before, &after) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        (!same).then_some((before, after))
     }
 
     /// Forgets what is cached of `name`, so the next access reloads it.

@@ -51,6 +51,8 @@ pub const DISK_SUFFIX: &str = ".raw";
 const OPEN_CHAINS: usize = 64;
 /// Sizes of snapshot disks remembered for `stat` (a few dozen bytes each; they never change).
 const DISK_ATTRS: usize = 65_536;
+/// Kernel cache lifetime of nodes whose changes the refresher reports as invalidations.
+const LONG_TTL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeKind {
@@ -64,6 +66,9 @@ pub enum NodeKind {
 pub struct Attr {
     pub ino: u64,
     pub kind: NodeKind,
+    /// Changes without libvirt knowing (a live disk written by its guest, the status file):
+    /// the kernel must not cache it longer than the refresh interval.
+    pub volatile: bool,
     pub size: u64,
     /// Allocated bytes (st_blocks * 512).
     pub allocated: u64,
@@ -184,6 +189,7 @@ pub struct VirtSnapFs {
     cache: Arc<MetadataCache>,
     options: Options,
     mounted_at: SystemTime,
+    refresher_running: std::sync::atomic::AtomicBool,
 }
 
 fn unix_time(seconds: i64) -> SystemTime {
@@ -216,6 +222,7 @@ impl VirtSnapFs {
             cache,
             options,
             mounted_at: SystemTime::now(),
+            refresher_running: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -317,6 +324,7 @@ impl VirtSnapFs {
         Attr {
             ino,
             kind: NodeKind::Directory,
+            volatile: false,
             size: 0,
             allocated: 0,
             perm: 0o755,
@@ -330,6 +338,7 @@ impl VirtSnapFs {
         Attr {
             ino,
             kind: NodeKind::File,
+            volatile: false,
             size: len as u64,
             allocated: len as u64,
             perm: 0o444,
@@ -349,6 +358,7 @@ impl VirtSnapFs {
         Attr {
             ino,
             kind: NodeKind::File,
+            volatile: false,
             size,
             allocated,
             perm: self.options.disk_mode,
@@ -380,7 +390,9 @@ impl VirtSnapFs {
             NodeKey::Status(d) => {
                 self.domain(d)?;
                 let len = self.status_text(d).len();
-                Ok(self.bytes_attr(ino, len, SystemTime::now()))
+                let mut a = self.bytes_attr(ino, len, SystemTime::now());
+                a.volatile = true;
+                Ok(a)
             }
             NodeKey::Current(d) => {
                 let m = self.domain(d)?;
@@ -413,7 +425,9 @@ impl VirtSnapFs {
                     Some(self.options.refresh),
                     &label,
                 );
-                Ok(self.disk_attr(ino, chain, Self::file_mtime(&disk.chain.top.path)))
+                let mut a = self.disk_attr(ino, chain, Self::file_mtime(&disk.chain.top.path));
+                a.volatile = true;
+                Ok(a)
             }
             NodeKey::SnapshotDisk(d, s, t) => {
                 let m = self.domain(d)?;
@@ -790,6 +804,62 @@ impl VirtSnapFs {
         self.ops.recover();
     }
 
+    /// How long the kernel may cache a node's entry and attributes. With the refresher
+    /// running, libvirt's changes reach the kernel as invalidations, so only volatile nodes
+    /// need the short refresh interval.
+    pub fn ttl(&self, attr: &Attr) -> Duration {
+        if attr.volatile || !self.refresher_running.load(Ordering::Relaxed) {
+            self.options.refresh
+        } else {
+            LONG_TTL
+        }
+    }
+
+    /// Starts the thread that checks every loaded domain against libvirt each refresh
+    /// interval and tells the kernel what changed (new, removed or moved snapshots, reverts,
+    /// redefined disks, domains defined or undefined).
+    pub fn start_refresher(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let interval = self.options.refresh.max(Duration::from_millis(100));
+        self.refresher_running.store(true, Ordering::Relaxed);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(interval);
+            let Some(fs) = weak.upgrade() else {
+                return;
+            };
+            fs.refresh_tick();
+        });
+    }
+
+    fn refresh_tick(&self) {
+        let mut entries = Vec::new();
+        let mut inodes = Vec::new();
+        if let Some((before, after)) = self.catalog.recheck_names() {
+            for gone in before.iter().filter(|n| !after.contains(n)) {
+                entries.push((ROOT_INO, OsString::from(names::domain_file_name(gone))));
+                inodes.extend(self.inodes.of_domain(gone));
+            }
+        }
+        for domain in self.catalog.loaded_domains() {
+            // An operation in progress invalidates when it ends.
+            let lock = self.ops.domain_lock(&domain);
+            let Some(_guard) = lock.try_lock() else {
+                continue;
+            };
+            if let Some((before, after)) = self.catalog.recheck(&domain) {
+                for m in before.iter().chain(after.iter()) {
+                    entries.extend(self.cached_entries(m));
+                }
+                inodes.extend(self.inodes.of_domain(&domain));
+            }
+        }
+        if !entries.is_empty() || !inodes.is_empty() {
+            entries.sort();
+            entries.dedup();
+            self.kernel_cache.read().invalidate(entries, inodes);
+        }
+    }
+
     pub fn set_kernel_cache(&self, kernel_cache: Arc<dyn KernelCache>) {
         *self.kernel_cache.write() = kernel_cache;
     }
@@ -848,6 +918,7 @@ impl VirtSnapFs {
         let _guard = lock.lock();
         let before = self.ops.fresh_model(domain)?;
         let result = op(&before);
+        self.ops.forget_chains();
         self.catalog.invalidate(domain);
         let mut entries = self.cached_entries(&before);
         if let Ok(Some(after)) = self.catalog.domain(domain) {

@@ -149,11 +149,24 @@ pub fn canonical(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// Every chain of every domain: live disks and all snapshots' disks. A chain that cannot be
-/// opened makes the scan fail: without knowing what it needs, nothing may be rewritten.
+/// The layers (canonical paths, top first) and formats of the chain `spec` describes.
+pub type Layers = (Vec<PathBuf>, Vec<Format>);
+
+/// Opens `spec` and lists its layers.
+pub fn chain_layers(spec: &ChainSpec, cache: &Arc<MetadataCache>) -> Result<Layers, String> {
+    let chain = open_chain(spec, cache.clone()).map_err(|e| e.to_string())?;
+    Ok((
+        chain.layers().iter().map(|l| canonical(&l.path)).collect(),
+        chain.layers().iter().map(|l| l.format).collect(),
+    ))
+}
+
+/// Every chain of every domain: live disks and all snapshots' disks, their layers found by
+/// `layers`. A chain that cannot be opened makes the scan fail: without knowing what it
+/// needs, nothing may be rewritten.
 pub fn all_chains(
     models: &[Arc<DomainModel>],
-    cache: &Arc<MetadataCache>,
+    layers: &dyn Fn(&ChainSpec, bool) -> Result<Layers, String>,
 ) -> Result<Vec<ChainUse>, FsError> {
     let mut out = Vec::new();
     let mut add = |domain: &str,
@@ -161,7 +174,7 @@ pub fn all_chains(
                    target: &str,
                    spec: &ChainSpec|
      -> Result<(), FsError> {
-        let chain = open_chain(spec, cache.clone()).map_err(|e| {
+        let (paths, formats) = layers(spec, snapshot.is_some()).map_err(|e| {
             fs_err!(
                 Io,
                 "cannot check what depends on which image: {} of domain {domain} disk {target}: {e}",
@@ -172,8 +185,8 @@ pub fn all_chains(
             domain: domain.to_string(),
             snapshot: snapshot.map(str::to_string),
             target: target.to_string(),
-            layers: chain.layers().iter().map(|l| canonical(&l.path)).collect(),
-            formats: chain.layers().iter().map(|l| l.format).collect(),
+            layers: paths,
+            formats,
             reads_internal_snapshot: spec.snapshot.is_some(),
         });
         Ok(())

@@ -72,7 +72,15 @@ pub struct SnapshotOps {
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// What each domain's running operation is doing, for DOMAIN/status.
     status: Mutex<HashMap<String, String>>,
+    /// Models seen by the last dependency scan, reused while their fingerprint holds.
+    seen_models: Mutex<HashMap<String, Arc<DomainModel>>>,
+    /// Layers of snapshots' chains seen by dependency scans.
+    seen_layers: Mutex<HashMap<crate::image::ChainSpec, (std::time::Instant, images::Layers)>>,
 }
+
+/// How long a snapshot chain's layers seen by a dependency scan are trusted (our own
+/// operations forget them at once; this bounds trust in images changed by other tools).
+const SNAPSHOT_LAYERS_KEPT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn backend_err(e: BackendError) -> FsError {
     let kind = match e.kind {
@@ -115,6 +123,8 @@ impl SnapshotOps {
             cache,
             locks: Mutex::new(HashMap::new()),
             status: Mutex::new(HashMap::new()),
+            seen_models: Mutex::new(HashMap::new()),
+            seen_layers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -156,18 +166,70 @@ impl SnapshotOps {
             .ok_or_else(|| fs_err!(NotFound, "no domain {domain}"))
     }
 
+    /// Every domain's model as libvirt has it now. A model seen before is reused when its
+    /// fingerprint (domain XML, snapshot names, current snapshot) is unchanged: three calls
+    /// instead of one per snapshot, for every domain of the host.
     fn all_models(&self) -> Result<Vec<Arc<DomainModel>>, FsError> {
         let mut out = Vec::new();
-        for name in self.backend.list_domains().map_err(backend_err)? {
-            if let Some(m) = self.backend.load_domain(&name).map_err(backend_err)? {
-                out.push(Arc::new(m));
+        let names = self.backend.list_domains().map_err(backend_err)?;
+        let mut seen = self.seen_models.lock().clone();
+        seen.retain(|name, _| names.contains(name));
+        for name in names {
+            let fingerprint = self
+                .backend
+                .domain_fingerprint(&name)
+                .map_err(backend_err)?;
+            let reuse = seen
+                .get(&name)
+                .filter(|m| Some(m.fingerprint()) == fingerprint)
+                .cloned();
+            let model = match reuse {
+                Some(m) => Some(m),
+                None => self
+                    .backend
+                    .load_domain(&name)
+                    .map_err(backend_err)?
+                    .map(Arc::new),
+            };
+            match model {
+                Some(m) => {
+                    seen.insert(name, m.clone());
+                    out.push(m);
+                }
+                None => {
+                    seen.remove(&name);
+                }
             }
         }
+        *self.seen_models.lock() = seen;
         Ok(out)
     }
 
+    /// Every chain of every domain. Live chains are opened each time; a snapshot's chain
+    /// (images nothing writes) is remembered for a while, and forgotten after every operation.
     fn all_chains(&self) -> Result<Vec<ChainUse>, FsError> {
-        images::all_chains(&self.all_models()?, &self.cache)
+        let layers = |spec: &crate::image::ChainSpec, is_snapshot: bool| {
+            if is_snapshot {
+                if let Some((at, l)) = self.seen_layers.lock().get(spec) {
+                    if at.elapsed() < SNAPSHOT_LAYERS_KEPT {
+                        return Ok(l.clone());
+                    }
+                }
+            }
+            let l = images::chain_layers(spec, &self.cache)?;
+            if is_snapshot {
+                self.seen_layers
+                    .lock()
+                    .insert(spec.clone(), (std::time::Instant::now(), l.clone()));
+            }
+            Ok(l)
+        };
+        images::all_chains(&self.all_models()?, &layers)
+    }
+
+    /// Forgets remembered chains: called after every operation, which may re-point images.
+    pub fn forget_chains(&self) {
+        self.seen_layers.lock().clear();
     }
 
     fn is_running(&self, domain: &str) -> Result<bool, FsError> {
