@@ -63,15 +63,6 @@ enum Command {
     },
 }
 
-fn parse_format(name: Option<&str>) -> Result<Option<Format>, String> {
-    match name {
-        None => Ok(None),
-        Some(n) => Format::from_name(n)
-            .map(Some)
-            .ok_or_else(|| format!("unknown format '{n}' (use raw or qcow2)")),
-    }
-}
-
 fn run_command(command: Command) -> Result<(), String> {
     let cache = Arc::new(MetadataCache::new(DEFAULT_CACHE_BYTES));
     match command {
@@ -80,7 +71,7 @@ fn run_command(command: Command) -> Result<(), String> {
             format,
             json,
         } => {
-            let spec = ChainSpec::from_image(image, parse_format(format.as_deref())?);
+            let spec = ChainSpec::from_image(image, Format::parse_optional(format.as_deref())?);
             let chain = open_chain(&spec, cache).map_err(|e| e.to_string())?;
             let text = if json {
                 let v = virtsnapfs::inspect::to_json(&chain).map_err(|e| e.to_string())?;
@@ -97,7 +88,7 @@ fn run_command(command: Command) -> Result<(), String> {
             format,
             snapshot,
         } => {
-            let mut spec = ChainSpec::from_image(image, parse_format(format.as_deref())?);
+            let mut spec = ChainSpec::from_image(image, Format::parse_optional(format.as_deref())?);
             spec.snapshot = snapshot;
             let chain = open_chain(&spec, cache).map_err(|e| e.to_string())?;
             let mut out = std::io::stdout().lock();

@@ -122,27 +122,9 @@ fn two_external(label: &str) -> TestDomain {
     dom.write("vda.qcow2", "write -P 0x01 0 1M");
     let mount = Mount::new(&["snapshot_kind=external"]);
     sh("mkdir", &[&p(&mount, &dom, "snapshots/take-1")]);
-    sh(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0x02 512k 1M",
-            dom.live_source("vda").to_str().unwrap(),
-        ],
-    );
+    dom.write_live("write -P 0x02 512k 1M");
     sh("mkdir", &[&p(&mount, &dom, "current/take-2")]);
-    sh(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0x03 2M 64k",
-            dom.live_source("vda").to_str().unwrap(),
-        ],
-    );
+    dom.write_live("write -P 0x03 2M 64k");
     dom
 }
 

@@ -194,28 +194,10 @@ fn seed_003_external_take1_take2_revert_then_delete_and_commit_into_base() {
         dom.path("vda.take-1"),
         "overlay named as libvirt names them"
     );
-    sh(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0x02 1M 1M",
-            overlay1.to_str().unwrap(),
-        ],
-    );
+    dom.write_live("write -P 0x02 1M 1M");
     sh("mkdir", &[&p(&mount, &dom, "current/take-2")]);
     let overlay2 = dom.live_source("vda");
-    sh(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0x03 3M 64k",
-            overlay2.to_str().unwrap(),
-        ],
-    );
+    dom.write_live("write -P 0x03 3M 64k");
     assert_tree_matches_virsh(&mount, &dom);
     let before = disk_hashes(&mount, &dom);
 
@@ -262,28 +244,10 @@ fn deleting_an_external_snapshot_commits_its_overlay_back_into_the_base() {
     dom.write("vda.qcow2", "write -P 0x01 0 2M");
     let mount = Mount::new(&["snapshot_kind=external"]);
     sh("mkdir", &[&p(&mount, &dom, "snapshots/take-1")]);
-    sh(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0x02 1M 1M",
-            dom.live_source("vda").to_str().unwrap(),
-        ],
-    );
+    dom.write_live("write -P 0x02 1M 1M");
     sh("mkdir", &[&p(&mount, &dom, "current/take-2")]);
     let top = dom.live_source("vda");
-    sh(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0x03 3M 64k",
-            top.to_str().unwrap(),
-        ],
-    );
+    dom.write_live("write -P 0x03 3M 64k");
     let before = disk_hashes(&mount, &dom);
 
     // take-1's image (the base) is read only through take-1's overlay: the overlay is
@@ -356,16 +320,7 @@ fn raw_base_gets_external_snapshots_and_merges_back() {
     let snap = virsh(&["snapshot-dumpxml", &dom.name, "before"]);
     assert!(snap.contains("snapshot='external'"), "{snap}");
     let overlay = dom.live_source("vda");
-    sh(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0x06 512k 64k",
-            overlay.to_str().unwrap(),
-        ],
-    );
+    dom.write_live("write -P 0x06 512k 64k");
     let before = disk_hashes(&mount, &dom);
     sh("rmdir", &[&p(&mount, &dom, "snapshots/before")]);
     let after = disk_hashes(&mount, &dom);

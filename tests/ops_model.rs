@@ -125,11 +125,7 @@ fn run(setup: Setup, label: &str) {
                     dom.write_running(&cmd);
                     dom.write_running("flush");
                 } else {
-                    let top = dom.live_source("vda");
-                    sh(
-                        "qemu-io",
-                        &["-f", "qcow2", "-c", &cmd, top.to_str().unwrap()],
-                    );
+                    dom.write_live(&cmd);
                 }
                 model.live[offset..offset + len].fill(pattern);
                 format!("write {pattern:#x} at {offset} len {len}")

@@ -173,6 +173,13 @@ impl Catalog {
         (!same).then_some((before, after))
     }
 
+    /// The model of `name` checked against libvirt now (fingerprint; reloaded if changed),
+    /// for operations that must act on the current state.
+    pub fn fresh(&self, name: &str) -> Result<Option<Arc<DomainModel>>, FsError> {
+        self.recheck(name);
+        self.domain(name)
+    }
+
     /// Forgets what is cached of `name`, so the next access reloads it.
     pub fn invalidate(&self, name: &str) {
         self.domains.lock().remove(name);

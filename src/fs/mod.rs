@@ -916,9 +916,11 @@ impl VirtSnapFs {
     ) -> Result<T, FsError> {
         let lock = self.ops.domain_lock(domain);
         let _guard = lock.lock();
-        let before = self.ops.fresh_model(domain)?;
+        let before = self
+            .catalog
+            .fresh(domain)?
+            .ok_or_else(|| fs_err!(NotFound, "no domain {domain}"))?;
         let result = op(&before);
-        self.ops.forget_chains();
         self.catalog.invalidate(domain);
         let mut entries = self.cached_entries(&before);
         if let Ok(Some(after)) = self.catalog.domain(domain) {

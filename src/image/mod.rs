@@ -37,6 +37,16 @@ impl Format {
         }
     }
 
+    /// Parses an optional format name, refusing names of formats virtsnapfs does not read.
+    pub fn parse_optional(name: Option<&str>) -> Result<Option<Format>, String> {
+        match name {
+            None => Ok(None),
+            Some(n) => Format::from_name(n)
+                .map(Some)
+                .ok_or_else(|| format!("format '{n}' is not supported (only raw and qcow2)")),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Format::Raw => "raw",

@@ -49,15 +49,6 @@ fn source_path(source: Node<'_, '_>) -> Option<String> {
         .map(str::to_string)
 }
 
-fn layer_format(name: Option<&str>) -> Result<Option<Format>, String> {
-    match name {
-        None => Ok(None),
-        Some(f) => Format::from_name(f)
-            .map(Some)
-            .ok_or_else(|| format!("disk format '{f}' is not supported (only raw and qcow2)")),
-    }
-}
-
 /// The `<backingStore>` chain below a disk or backing element: Some(list) when libvirt states
 /// it (an empty `<backingStore/>` ends it), None when it is absent (not probed by libvirt).
 fn backing_chain(node: Node<'_, '_>) -> Result<Option<Vec<LayerSpec>>, String> {
@@ -70,7 +61,8 @@ fn backing_chain(node: Node<'_, '_>) -> Result<Option<Vec<LayerSpec>>, String> {
             return Ok(Some(layers));
         };
         let path = source_path(source).ok_or("a backing store has no file source")?;
-        let format = layer_format(child(store, "format").and_then(|f| f.attribute("type")))?;
+        let format =
+            Format::parse_optional(child(store, "format").and_then(|f| f.attribute("type")))?;
         layers.push(LayerSpec::new(path, format));
         match child(store, "backingStore") {
             Some(next) => store = next,
@@ -109,13 +101,14 @@ pub fn domain_disks(domain: Node<'_, '_>) -> Vec<DiskEntry> {
             out.push(skip("the disk has no source (empty drive)".into()));
             continue;
         };
-        let format = match layer_format(child(disk, "driver").and_then(|d| d.attribute("type"))) {
-            Ok(f) => f,
-            Err(reason) => {
-                out.push(skip(reason));
-                continue;
-            }
-        };
+        let format =
+            match Format::parse_optional(child(disk, "driver").and_then(|d| d.attribute("type"))) {
+                Ok(f) => f,
+                Err(reason) => {
+                    out.push(skip(reason));
+                    continue;
+                }
+            };
         let backing = match backing_chain(disk) {
             Ok(Some(layers)) => Backing::Explicit(layers),
             Ok(None) => Backing::FromImages,

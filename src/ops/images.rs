@@ -152,6 +152,36 @@ pub fn canonical(p: &Path) -> PathBuf {
 /// The layers (canonical paths, top first) and formats of the chain `spec` describes.
 pub type Layers = (Vec<PathBuf>, Vec<Format>);
 
+/// Modification time and size of a file, or None for a file that cannot be stat'ed.
+pub type FileStamp = Option<(std::time::SystemTime, u64)>;
+
+/// The stamps of `paths`: unchanged stamps mean unchanged headers, so unchanged backing links.
+pub fn files_stamp(paths: &[PathBuf]) -> Vec<FileStamp> {
+    paths
+        .iter()
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}
+
+/// The layers of a chain libvirt states in full (`<backingStore>` down to its end), without
+/// opening any image. None when a format is not stated (it would have to be probed).
+pub fn stated_layers(spec: &ChainSpec) -> Option<Layers> {
+    let crate::image::open::Backing::Explicit(below) = &spec.backing else {
+        return None;
+    };
+    let mut paths = vec![canonical(&spec.top.path)];
+    let mut formats = vec![spec.top.format?];
+    for layer in below {
+        paths.push(canonical(&layer.path));
+        formats.push(layer.format?);
+    }
+    Some((paths, formats))
+}
+
 /// Opens `spec` and lists its layers.
 pub fn chain_layers(spec: &ChainSpec, cache: &Arc<MetadataCache>) -> Result<Layers, String> {
     let chain = open_chain(spec, cache.clone()).map_err(|e| e.to_string())?;
@@ -176,9 +206,9 @@ pub fn all_chains(
      -> Result<(), FsError> {
         let (paths, formats) = layers(spec, snapshot.is_some()).map_err(|e| {
             fs_err!(
-                Io,
-                "cannot check what depends on which image: {} of domain {domain} disk {target}: {e}",
-                snapshot.map_or("live".to_string(), |s| format!("snapshot {s}"))
+                Busy,
+                "refused: cannot tell which images the {} of domain {domain} (disk {target}) reads ({e}), so cannot prove that nothing else needs the images this operation changes; repair or remove that disk, then retry",
+                snapshot.map_or("live disk".to_string(), |s| format!("snapshot {s}"))
             )
         })?;
         out.push(ChainUse {

@@ -74,9 +74,12 @@ pub struct SnapshotOps {
     status: Mutex<HashMap<String, String>>,
     /// Models seen by the last dependency scan, reused while their fingerprint holds.
     seen_models: Mutex<HashMap<String, Arc<DomainModel>>>,
-    /// Layers of snapshots' chains seen by dependency scans.
-    seen_layers: Mutex<HashMap<crate::image::ChainSpec, (std::time::Instant, images::Layers)>>,
+    /// Layers of chains seen by dependency scans, with their files' stamp.
+    seen_layers: Mutex<HashMap<crate::image::ChainSpec, SeenLayers>>,
 }
+
+/// When a chain's layers were read, their files' stamp, and the layers.
+type SeenLayers = (std::time::Instant, Vec<images::FileStamp>, images::Layers);
 
 /// How long a snapshot chain's layers seen by a dependency scan are trusted (our own
 /// operations forget them at once; this bounds trust in images changed by other tools).
@@ -174,11 +177,29 @@ impl SnapshotOps {
         let names = self.backend.list_domains().map_err(backend_err)?;
         let mut seen = self.seen_models.lock().clone();
         seen.retain(|name, _| names.contains(name));
-        for name in names {
-            let fingerprint = self
-                .backend
-                .domain_fingerprint(&name)
-                .map_err(backend_err)?;
+        // Three calls per domain, on a few threads at once (libvirt multiplexes them).
+        let fingerprints: Vec<Result<Option<u64>, BackendError>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = names
+                .chunks(names.len().div_ceil(4).max(1))
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|n| self.backend.domain_fingerprint(n))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
+        if fingerprints.len() != names.len() {
+            return Err(fs_err!(Io, "checking the domains failed"));
+        }
+        for (name, fingerprint) in names.into_iter().zip(fingerprints) {
+            let fingerprint = fingerprint.map_err(backend_err)?;
             let reuse = seen
                 .get(&name)
                 .filter(|m| Some(m.fingerprint()) == fingerprint)
@@ -205,31 +226,48 @@ impl SnapshotOps {
         Ok(out)
     }
 
-    /// Every chain of every domain. Live chains are opened each time; a snapshot's chain
-    /// (images nothing writes) is remembered for a while, and forgotten after every operation.
+    /// Every chain of every domain. A chain libvirt states in full (a running domain's) is
+    /// taken as stated; another is read from the images once and remembered while none of
+    /// its files changed (mtime and size) and for at most SNAPSHOT_LAYERS_KEPT; merges,
+    /// which re-point images, forget them all.
     fn all_chains(&self) -> Result<Vec<ChainUse>, FsError> {
-        let layers = |spec: &crate::image::ChainSpec, is_snapshot: bool| {
-            if is_snapshot {
-                if let Some((at, l)) = self.seen_layers.lock().get(spec) {
-                    if at.elapsed() < SNAPSHOT_LAYERS_KEPT {
-                        return Ok(l.clone());
-                    }
+        let layers = |spec: &crate::image::ChainSpec, _is_snapshot: bool| {
+            if let Some(stated) = images::stated_layers(spec) {
+                return Ok(stated);
+            }
+            if let Some((at, stamp, l)) = self.seen_layers.lock().get(spec) {
+                if at.elapsed() < SNAPSHOT_LAYERS_KEPT && images::files_stamp(&l.0) == *stamp {
+                    return Ok(l.clone());
                 }
             }
             let l = images::chain_layers(spec, &self.cache)?;
-            if is_snapshot {
-                self.seen_layers
-                    .lock()
-                    .insert(spec.clone(), (std::time::Instant::now(), l.clone()));
-            }
+            let stamp = images::files_stamp(&l.0);
+            self.seen_layers
+                .lock()
+                .insert(spec.clone(), (std::time::Instant::now(), stamp, l.clone()));
             Ok(l)
         };
-        images::all_chains(&self.all_models()?, &layers)
+        // Another operation (on another domain) may be re-pointing images right now: a chain
+        // that vanished while being read is read again before the scan gives up.
+        let mut attempt = 0;
+        loop {
+            match images::all_chains(&self.all_models()?, &layers) {
+                Err(e) if attempt < 3 => {
+                    attempt += 1;
+                    log::debug!("dependency scan, attempt {attempt}: {e}");
+                    self.seen_models.lock().clear();
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                result => return result,
+            }
+        }
     }
 
-    /// Forgets remembered chains: called after every operation, which may re-point images.
-    pub fn forget_chains(&self) {
+    /// Forgets remembered chains and models (after a merge re-pointed images and redefined
+    /// snapshots, which leaves names, and so fingerprints, as they were).
+    fn forget_chains(&self) {
         self.seen_layers.lock().clear();
+        self.seen_models.lock().clear();
     }
 
     fn is_running(&self, domain: &str) -> Result<bool, FsError> {
@@ -883,6 +921,7 @@ impl SnapshotOps {
         {
             images::rebase_unsafe(image, &plan.base, plan.base_format)?;
         }
+        self.forget_chains();
         journal::crash_point("delete-external:rebased");
         let base = plan.base.to_str().unwrap_or_default();
         for (owner, snapshot, target) in &plan.snapshot_users {

@@ -114,6 +114,16 @@ impl TestDomain {
         assert!(!out.contains("failed"), "qemu-io {command}: {out}");
     }
 
+    /// Offline write into the image the domain's vda uses now (its live top).
+    pub fn write_live(&self, command: &str) {
+        let top = self.live_source("vda");
+        let out = sh(
+            "qemu-io",
+            &["-f", "qcow2", "-c", command, top.to_str().unwrap()],
+        );
+        assert!(!out.contains("failed"), "qemu-io {command}: {out}");
+    }
+
     /// Guest write into a running domain's vda, through QEMU's own qemu-io.
     pub fn write_running(&self, command: &str) {
         let hmp =
@@ -270,10 +280,23 @@ impl Mount {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits for the daemon to exit by itself (e.g. at a crash point); returns its status.
+    /// Waits (at most 60 s) for the daemon to exit by itself, e.g. at a crash point; returns
+    /// its status, or panics with its log if it is still running.
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("already stopped");
-        child.wait().unwrap()
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let child = self.child.as_mut().expect("already stopped");
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not exit: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Stops the daemon with SIGTERM and waits for it; returns its exit status.
