@@ -339,6 +339,17 @@ impl Filesystem for FuseAdapter {
         }
     }
 
+    /// Directory listings may stay in the kernel's cache while the refresher runs: it
+    /// invalidates a directory's inode whenever libvirt changes what the directory lists.
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let flags = if self.fs.cache_listings() {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        reply.opened(FileHandle(0), flags);
+    }
+
     /// Nothing is buffered for writing, so there is nothing to flush.
     fn flush(
         &self,
@@ -351,7 +362,8 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    /// No extended attributes (the kernel asks for security.selinux and ACLs).
+    /// No extended attributes. ENOSYS (not ENODATA) makes the kernel stop asking: `ls -l`
+    /// would otherwise send two xattr requests per file it lists.
     fn getxattr(
         &self,
         _req: &Request,
@@ -360,15 +372,11 @@ impl Filesystem for FuseAdapter {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        reply.error(Errno::from_i32(libc::ENODATA));
+        reply.error(Errno::from_i32(libc::ENOSYS));
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::from_i32(libc::ENOSYS));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

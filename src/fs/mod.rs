@@ -815,6 +815,11 @@ impl VirtSnapFs {
         }
     }
 
+    /// Whether the kernel may cache directory listings (the refresher invalidates them).
+    pub fn cache_listings(&self) -> bool {
+        self.refresher_running.load(Ordering::Relaxed)
+    }
+
     /// Starts the thread that checks every loaded domain against libvirt each refresh
     /// interval and tells the kernel what changed (new, removed or moved snapshots, reverts,
     /// redefined disks, domains defined or undefined).
@@ -835,6 +840,8 @@ impl VirtSnapFs {
         let mut entries = Vec::new();
         let mut inodes = Vec::new();
         if let Some((before, after)) = self.catalog.recheck_names() {
+            // The root's cached listing.
+            inodes.push(ROOT_INO);
             for gone in before.iter().filter(|n| !after.contains(n)) {
                 entries.push((ROOT_INO, OsString::from(names::domain_file_name(gone))));
                 inodes.extend(self.inodes.of_domain(gone));
