@@ -108,8 +108,16 @@ fn errno(op: &str, e: &FsError) -> Errno {
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Large requests mean fewer round trips for sequential reads.
-        let _ = config.set_max_readahead(MAX_READ);
+        // The kernel caps readahead at what it offers; take the largest it allows.
+        let readahead = match config.set_max_readahead(MAX_READ) {
+            Ok(_) => MAX_READ,
+            Err(max) => {
+                let _ = config.set_max_readahead(max);
+                max
+            }
+        };
         let _ = config.set_max_write(MAX_READ);
+        log::info!("kernel readahead for this mount: {} KiB", readahead / 1024);
         Ok(())
     }
 

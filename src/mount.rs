@@ -40,6 +40,8 @@ pub struct MountOptions {
     pub connect: Option<String>,
     pub threads: usize,
     pub log_file: Option<PathBuf>,
+    /// Kernel readahead for the mount, in KiB (the kernel offers FUSE only 128).
+    pub readahead_kb: u32,
 }
 
 fn parse_octal(value: &str) -> Result<u16, String> {
@@ -70,6 +72,7 @@ pub fn parse_options(lists: &[String]) -> Result<MountOptions, String> {
         connect: None,
         threads: 4,
         log_file: None,
+        readahead_kb: 4096,
     };
     for item in lists
         .iter()
@@ -128,6 +131,7 @@ pub fn parse_options(lists: &[String]) -> Result<MountOptions, String> {
                 }
             }
             ("log_file", Some(v)) => o.log_file = Some(PathBuf::from(v)),
+            ("readahead_kb", Some(v)) => o.readahead_kb = parse_number("readahead_kb", v)?,
             ("snapshot_kind", Some(v)) => {
                 o.fs.ops.kind = match v {
                     "auto" => crate::ops::SnapshotKind::Auto,
@@ -201,6 +205,26 @@ fn unescape_mountinfo(field: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Sets the kernel's readahead for the FUSE mount at `mountpoint` (its backing device in
+/// /sys/class/bdi). FUSE starts at 128 KiB, which splits sequential reads into small requests:
+/// 4 MiB more than doubled a cold sequential read of a qcow2 chain.
+fn set_readahead(mountpoint: &Path, kb: u32) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(mountpoint) else {
+        return;
+    };
+    let dev = meta.dev();
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    match std::fs::write(&path, kb.to_string()) {
+        Ok(()) => info!("readahead set to {kb} KiB ({path})"),
+        Err(e) => log::warn!("could not set readahead through {path}: {e}"),
+    }
 }
 
 /// Mounts as requested: in the foreground until unmounted or signalled, or detached.
@@ -300,6 +324,7 @@ fn run_foreground(request: &MountRequest, options: MountOptions) -> Result<(), S
         session.notifier(),
     )));
     fs.start_refresher();
+    set_readahead(&request.mountpoint, options.readahead_kb);
     info!("mounted on {}", request.mountpoint.display());
 
     let (tx, rx) = mpsc::channel();

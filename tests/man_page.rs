@@ -23,6 +23,7 @@ fn man_page_lints_clean_and_lists_every_option() {
         ("refresh=", "refresh=2"),
         ("cache_size=", "cache_size=16"),
         ("threads=", "threads=8"),
+        ("readahead_kb=", "readahead_kb=1024"),
         ("log_file=", "log_file=/tmp/x"),
         ("allow_other", "allow_other"),
         ("auto_unmount", "auto_unmount"),
