@@ -680,3 +680,51 @@ fn seed_004_running_chain_base_snap1_snap2_active_loses_one_image() {
     assert_eq!(live_chain(&dom).len(), 2, "{:?}", live_chain(&dom));
     assert_tree_matches_virsh(&mount, &dom);
 }
+
+#[test]
+fn a_domain_whose_disk_is_missing_does_not_block_other_domains_operations() {
+    let broken = TestDomain::new("gone-disk", "1M");
+    std::fs::remove_file(broken.path("vda.qcow2")).unwrap();
+    let dom = TestDomain::new("unblocked", "4M");
+    let mount = Mount::new(&["snapshot_kind=external"]);
+    sh("mkdir", &[&p(&mount, &dom, "snapshots/a")]);
+    dom.write_live("write -P 0x11 0 64k");
+    let before = disk_hashes(&mount, &dom);
+    // Deleting a merges images; the scan meets the broken domain, which reads nothing.
+    sh("rmdir", &[&p(&mount, &dom, "snapshots/a")]);
+    assert_eq!(disk_hashes(&mount, &dom)["live/vda"], before["live/vda"]);
+    assert!(!dom.path("vda.a").exists());
+}
+
+#[test]
+fn a_snapshot_made_again_under_the_same_name_never_shows_the_old_bytes() {
+    let dom = TestDomain::new("same-name", "4M");
+    dom.write("vda.qcow2", "write -P 0x21 0 1M");
+    let mount = Mount::new(&[]);
+    sh("mkdir", &[&p(&mount, &dom, "snapshots/a")]);
+    let disk = p(&mount, &dom, "snapshots/a/vda.raw");
+    let old = std::fs::read(&disk).unwrap();
+    assert!(old[..1 << 20].iter().all(|&b| b == 0x21));
+    sh("rmdir", &[&p(&mount, &dom, "snapshots/a")]);
+    dom.write("vda.qcow2", "write -P 0x22 0 1M");
+    sh("mkdir", &[&p(&mount, &dom, "snapshots/a")]);
+    let new = std::fs::read(&disk).unwrap();
+    assert!(
+        new[..1 << 20].iter().all(|&b| b == 0x22),
+        "stale bytes of the old snapshot"
+    );
+    // The same for the live disk across a revert of a shut-off domain.
+    let live = p(&mount, &dom, "live/vda.raw");
+    dom.write("vda.qcow2", "write -P 0x23 0 1M");
+    let before_revert = std::fs::read(&live).unwrap();
+    assert!(before_revert[..1 << 20].iter().all(|&b| b == 0x23));
+    sh(
+        "mv",
+        &[&p(&mount, &dom, "snapshots/a"), &p(&mount, &dom, "live/")],
+    );
+    let after_revert = std::fs::read(&live).unwrap();
+    assert!(
+        after_revert[..1 << 20].iter().all(|&b| b == 0x22),
+        "stale live bytes after revert"
+    );
+}

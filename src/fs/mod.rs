@@ -141,8 +141,6 @@ struct ChainEntry {
     spec: ChainSpec,
     opened: Instant,
     result: Result<Arc<Chain>, String>,
-    /// Modification time and size of every layer file when the chain was opened.
-    stamp: Vec<(std::path::PathBuf, Option<SystemTime>, u64)>,
 }
 
 /// What identifies the contents of a chain's files: if no layer's mtime or size changed, no
@@ -186,6 +184,8 @@ pub struct VirtSnapFs {
     chains: Mutex<LruCache<ChainKey, ChainEntry>>,
     /// (size, allocated bytes) of snapshot disks, so `ls -l` of many snapshots opens nothing.
     disk_attrs: Mutex<LruCache<(ChainKey, ChainSpec), (u64, u64)>>,
+    /// What the last open of each disk served, to decide whether its cached pages are valid.
+    served: Mutex<HashMap<ChainKey, String>>,
     cache: Arc<MetadataCache>,
     options: Options,
     mounted_at: SystemTime,
@@ -216,6 +216,7 @@ impl VirtSnapFs {
             chains: Mutex::new(LruCache::new(
                 NonZeroUsize::new(OPEN_CHAINS).expect("nonzero"),
             )),
+            served: Mutex::new(HashMap::new()),
             disk_attrs: Mutex::new(LruCache::new(
                 NonZeroUsize::new(DISK_ATTRS).expect("nonzero"),
             )),
@@ -307,14 +308,12 @@ impl VirtSnapFs {
         if let Err(e) = &result {
             warn!("{label}: cannot be read: {e}");
         }
-        let stamp = result.as_ref().map(|c| layer_stamp(c)).unwrap_or_default();
         self.chains.lock().put(
             key,
             ChainEntry {
                 spec: spec.clone(),
                 opened: Instant::now(),
                 result: result.clone(),
-                stamp,
             },
         );
         result.map_err(|e| fs_err!(Io, "{label}: {e}"))
@@ -664,32 +663,27 @@ impl VirtSnapFs {
                 let disk = self.live_disk(&m, t)?;
                 let label = format!("domain {d} live disk {t}");
                 let key = ChainKey::Live(d.clone(), t.clone());
-                let previous = self
-                    .chains
-                    .lock()
-                    .peek(&key)
-                    .filter(|e| e.spec == disk.chain && e.result.is_ok())
-                    .map(|e| e.stamp.clone());
                 // A live disk may be changing: re-read its metadata at every open.
                 let chain = self.chain(key.clone(), &disk.chain, Some(Duration::ZERO), &label)?;
-                // Pages cached by earlier reads stay valid while the domain is shut off and no
-                // layer file changed since the previous open; a running domain's never do.
-                let unchanged = previous
-                    .is_some_and(|p| self.chains.lock().peek(&key).is_some_and(|e| e.stamp == p));
-                (Handle::Disk { chain, label }, !m.active && unchanged)
+                // Pages cached by earlier reads stay valid while the domain is shut off and the
+                // same files, unchanged, serve this open as served the previous one.
+                let served = format!("{:?}|{:?}", disk.chain, layer_stamp(&chain));
+                let same = self.remember_served(key, served);
+                (Handle::Disk { chain, label }, !m.active && same)
             }
             NodeKey::SnapshotDisk(d, s, t) => {
                 let m = self.domain(d)?;
                 let disk = self.snapshot_disk(&m, s, t)?;
                 let label = format!("domain {d} snapshot {s} disk {t}");
-                let chain = self.chain(
-                    ChainKey::Snapshot(d.clone(), s.clone(), t.clone()),
-                    &disk.chain,
-                    None,
-                    &label,
-                )?;
-                // A snapshot's bytes never change: the kernel may keep its cached pages.
-                (Handle::Disk { chain, label }, true)
+                let key = ChainKey::Snapshot(d.clone(), s.clone(), t.clone());
+                let chain = self.chain(key.clone(), &disk.chain, None, &label)?;
+                // A snapshot's bytes never change: the kernel may keep the pages it cached, as
+                // long as they came from this very snapshot (a snapshot deleted and made again
+                // under the same name has the same inode and other bytes).
+                let created = m.snapshot(s).map_or(0, |s| s.creation_time);
+                let served = format!("{:?}|{created}", disk.chain);
+                let same = self.remember_served(key, served);
+                (Handle::Disk { chain, label }, same)
             }
             NodeKey::Current(_) => {
                 return Err(fs_err!(
@@ -815,6 +809,19 @@ impl VirtSnapFs {
         }
     }
 
+    /// Records what an open of a disk serves; true when the previous open of the same disk
+    /// served the same thing (so pages it left in the kernel's cache are still right).
+    fn remember_served(&self, key: ChainKey, served: String) -> bool {
+        self.served.lock().insert(key, served.clone()) == Some(served)
+    }
+
+    /// Forgets what opens of `domain`'s disks served: after a change, no cached page is kept.
+    fn forget_served(&self, domain: &str) {
+        self.served.lock().retain(|k, _| match k {
+            ChainKey::Live(d, _) | ChainKey::Snapshot(d, _, _) => d != domain,
+        });
+    }
+
     /// Whether the kernel may cache directory listings (the refresher invalidates them).
     pub fn cache_listings(&self) -> bool {
         self.refresher_running.load(Ordering::Relaxed)
@@ -854,6 +861,7 @@ impl VirtSnapFs {
                 continue;
             };
             if let Some((before, after)) = self.catalog.recheck(&domain) {
+                self.forget_served(&domain);
                 for m in before.iter().chain(after.iter()) {
                     entries.extend(self.cached_entries(m));
                 }
@@ -928,6 +936,7 @@ impl VirtSnapFs {
             .fresh(domain)?
             .ok_or_else(|| fs_err!(NotFound, "no domain {domain}"))?;
         let result = op(&before);
+        self.forget_served(domain);
         self.catalog.invalidate(domain);
         let mut entries = self.cached_entries(&before);
         if let Ok(Some(after)) = self.catalog.domain(domain) {

@@ -128,7 +128,7 @@ impl ChainUse {
     /// Images whose current (active) contents this chain reads.
     pub fn active_images(&self) -> &[PathBuf] {
         if self.reads_internal_snapshot {
-            &self.layers[1..]
+            self.layers.get(1..).unwrap_or(&[])
         } else {
             &self.layers
         }
@@ -182,8 +182,17 @@ pub fn stated_layers(spec: &ChainSpec) -> Option<Layers> {
     Some((paths, formats))
 }
 
-/// Opens `spec` and lists its layers.
+/// Opens `spec` and lists its layers. A chain whose top image does not exist reads nothing
+/// (its disk cannot be read at all), so it needs no image: no layers. A missing backing file or
+/// a broken image is an error: what such a chain would read is unknown.
 pub fn chain_layers(spec: &ChainSpec, cache: &Arc<MetadataCache>) -> Result<Layers, String> {
+    if !spec.top.path.exists() {
+        log::info!(
+            "{} does not exist: its chain reads no image",
+            spec.top.path.display()
+        );
+        return Ok((Vec::new(), Vec::new()));
+    }
     let chain = open_chain(spec, cache.clone()).map_err(|e| e.to_string())?;
     Ok((
         chain.layers().iter().map(|l| canonical(&l.path)).collect(),
