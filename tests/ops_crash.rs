@@ -10,16 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::vm::{eventually, expected_tree, mounted_tree, sh, Mount, TestDomain, URI};
+use common::vm::{eventually, expected_tree, mounted_tree, p, sh, Mount, TestDomain, URI};
 use virtsnapfs::fs::backend::Backend;
-
-fn p(mount: &Mount, dom: &TestDomain, rel: &str) -> String {
-    mount
-        .path(&format!("{}/{rel}", dom.name))
-        .to_str()
-        .unwrap()
-        .to_string()
-}
 
 /// SHA-256 of every disk of `dom`, read with the library (not through a mount), keyed
 /// "live" or the snapshot's name.

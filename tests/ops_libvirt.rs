@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::vm::{
-    convert, expected_tree, mounted_tree, same_bytes, sh, sh_fails, virsh, Mount, TestDomain,
+    convert, expected_tree, mounted_tree, p, same_bytes, sh, sh_fails, virsh, Mount, TestDomain,
 };
 
 /// SHA-256 of every disk the mount serves for `dom`, keyed "live/vda" or "SNAPSHOT/vda".
@@ -61,14 +61,6 @@ fn assert_tree_matches_virsh(mount: &Mount, dom: &TestDomain) {
     common::vm::eventually(3, "tree equals virsh's", || {
         mounted_tree(mount, dom) == expected_tree(dom)
     });
-}
-
-fn p(mount: &Mount, dom: &TestDomain, rel: &str) -> String {
-    mount
-        .path(&format!("{}/{rel}", dom.name))
-        .to_str()
-        .unwrap()
-        .to_string()
 }
 
 fn internal_snapshots_in(image: &Path) -> Vec<String> {

@@ -109,17 +109,7 @@ fn unallocated_clusters_fall_through_and_zero_clusters_do_not() {
     let s = Scratch::new();
     s.qemu_img(&["create", "-q", "-f", "qcow2", "base.qcow2", "4M"]);
     s.qemu_io("qcow2", "base.qcow2", &["write -P 0x11 0 4M"]);
-    s.qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.qcow2",
-        "-F",
-        "qcow2",
-        "top.qcow2",
-    ]);
+    s.overlay("top.qcow2", "base.qcow2", "qcow2");
     s.qemu_io(
         "qcow2",
         "top.qcow2",
@@ -305,17 +295,7 @@ fn external_data_files_plain_and_raw() {
     assert!(chain.layers()[0].qcow2().unwrap().header.data_file_raw());
 
     // A data file image as the backing file of an ordinary overlay.
-    s.qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "plain.qcow2",
-        "-F",
-        "qcow2",
-        "over.qcow2",
-    ]);
+    s.overlay("over.qcow2", "plain.qcow2", "qcow2");
     s.qemu_io("qcow2", "over.qcow2", &["write -P 0x31 1M 64k"]);
     s.assert_matches_qemu("over.qcow2", "qcow2", None);
 }
@@ -362,17 +342,7 @@ fn declared_backing_format_is_honoured_not_probed() {
     let mut disk = std::fs::read(s.path("inner.qcow2")).unwrap();
     disk.resize(2 << 20, 0);
     std::fs::write(s.path("disk.raw"), &disk).unwrap();
-    s.qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "disk.raw",
-        "-F",
-        "raw",
-        "top.qcow2",
-    ]);
+    s.overlay("top.qcow2", "disk.raw", "raw");
     s.assert_matches_qemu("top.qcow2", "qcow2", None);
     let chain = s.open("top.qcow2", None, None);
     assert_eq!(chain.layers()[1].format, Format::Raw);
@@ -430,17 +400,7 @@ fn internal_snapshot_inside_an_overlay_reads_through_the_backing_file() {
     let s = Scratch::new();
     s.qemu_img(&["create", "-q", "-f", "qcow2", "base.qcow2", "4M"]);
     s.qemu_io("qcow2", "base.qcow2", &["write -P 0x0b 0 4M"]);
-    s.qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.qcow2",
-        "-F",
-        "qcow2",
-        "ov.qcow2",
-    ]);
+    s.overlay("ov.qcow2", "base.qcow2", "qcow2");
     s.qemu_io("qcow2", "ov.qcow2", &["write -P 0x0c 1M 64k"]);
     s.qemu_img(&["snapshot", "-c", "snap", "ov.qcow2"]);
     s.qemu_io("qcow2", "ov.qcow2", &["write -P 0x0d 0 2M"]);
@@ -535,17 +495,7 @@ fn allocation_and_seek_data_agree_with_qemu_img_map() {
         "base.qcow2",
         &["write -P 1 0 1M", "write -P 2 4M 512k"],
     );
-    s.qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.qcow2",
-        "-F",
-        "qcow2",
-        "top.qcow2",
-    ]);
+    s.overlay("top.qcow2", "base.qcow2", "qcow2");
     s.qemu_io(
         "qcow2",
         "top.qcow2",
@@ -586,17 +536,7 @@ fn reads_from_many_threads_at_once_agree_with_qemu() {
         "8M",
     ]);
     scribble(&s, "qcow2", "base.qcow2", 8 << 20, 21);
-    s.qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.qcow2",
-        "-F",
-        "qcow2",
-        "top.qcow2",
-    ]);
+    s.overlay("top.qcow2", "base.qcow2", "qcow2");
     scribble(&s, "qcow2", "top.qcow2", 8 << 20, 22);
     let expected = s.reference("top.qcow2", "qcow2", None);
     // A small cache, so threads also race on evictions.
@@ -644,17 +584,7 @@ fn inspect_json_agrees_with_qemu_img_info() {
     ]);
     s.qemu_io("qcow2", "mid.qcow2", &["write -P 1 0 100k"]);
     s.qemu_img(&["snapshot", "-c", "snap1", "mid.qcow2"]);
-    s.qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "mid.qcow2",
-        "-F",
-        "qcow2",
-        "top.qcow2",
-    ]);
+    s.overlay("top.qcow2", "mid.qcow2", "qcow2");
     let out = s.run(
         env!("CARGO_BIN_EXE_virtsnapfs"),
         &["inspect", "--json", "top.qcow2"],

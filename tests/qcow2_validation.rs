@@ -432,9 +432,7 @@ fn truncated_image_reads_zeros_where_qemu_does() {
 fn backing_loops_are_detected() {
     let s = Scratch::new();
     s.qemu_img(&["create", "-q", "-f", "qcow2", "a.qcow2", "1M"]);
-    s.qemu_img(&[
-        "create", "-q", "-f", "qcow2", "-b", "a.qcow2", "-F", "qcow2", "b.qcow2",
-    ]);
+    s.overlay("b.qcow2", "a.qcow2", "qcow2");
     s.qemu_img(&[
         "rebase", "-u", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", "a.qcow2",
     ]);

@@ -49,6 +49,21 @@ impl Scratch {
         self.run("qemu-img", args)
     }
 
+    /// Creates qcow2 overlay `name` on `backing` (of format `backing_fmt`), as large as it.
+    pub fn overlay(&self, name: &str, backing: &str, backing_fmt: &str) {
+        self.qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            backing,
+            "-F",
+            backing_fmt,
+            name,
+        ]);
+    }
+
     /// Runs qemu-io commands on `image` (opened with format `fmt`).
     pub fn qemu_io(&self, fmt: &str, image: &str, commands: &[&str]) {
         let mut args = vec!["-f", fmt];

@@ -330,6 +330,15 @@ impl Drop for Mount {
     }
 }
 
+/// The path of `rel` inside `dom`'s directory of `mount`, as a string for commands.
+pub fn p(mount: &Mount, dom: &TestDomain, rel: &str) -> String {
+    mount
+        .path(&format!("{}/{rel}", dom.name))
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
 /// Polls `check` for up to `secs` seconds.
 pub fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
