@@ -41,7 +41,7 @@ fn corruption_sweep_over_real_images() {
         ("ext.qcow2", "extended_l2=on,cluster_size=16k"),
         ("zstd.qcow2", "compression_type=zstd,cluster_size=4k"),
     ] {
-        s.qemu_img(&["create", "-q", "-f", "qcow2", "-o", opts, name, "1M"]);
+        s.create(name, opts, "1M");
         s.qemu_io(
             "qcow2",
             name,

@@ -65,16 +65,7 @@ fn cluster_sizes_from_512_bytes_to_2_mib() {
     ] {
         let name = format!("c{bits}.qcow2");
         let opt = format!("cluster_size={}", 1u64 << bits);
-        s.qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            &opt,
-            &name,
-            &size.to_string(),
-        ]);
+        s.create(&name, &opt, &size.to_string());
         scribble(&s, "qcow2", &name, size, bits);
         s.assert_matches_qemu(&name, "qcow2", None);
     }
@@ -86,7 +77,7 @@ fn refcount_widths_1_to_64_bits() {
     for bits in [1, 2, 4, 8, 16, 32, 64] {
         let name = format!("r{bits}.qcow2");
         let opt = format!("refcount_bits={bits}");
-        s.qemu_img(&["create", "-q", "-f", "qcow2", "-o", &opt, &name, "4M"]);
+        s.create(&name, &opt, "4M");
         scribble(&s, "qcow2", &name, 4 << 20, bits);
         s.assert_matches_qemu(&name, "qcow2", None);
     }
@@ -98,7 +89,7 @@ fn preallocated_images() {
     for mode in ["metadata", "falloc", "full"] {
         let name = format!("p-{mode}.qcow2");
         let opt = format!("preallocation={mode}");
-        s.qemu_img(&["create", "-q", "-f", "qcow2", "-o", &opt, &name, "6M"]);
+        s.create(&name, &opt, "6M");
         scribble(&s, "qcow2", &name, 6 << 20, 7);
         s.assert_matches_qemu(&name, "qcow2", None);
     }
@@ -107,7 +98,7 @@ fn preallocated_images() {
 #[test]
 fn unallocated_clusters_fall_through_and_zero_clusters_do_not() {
     let s = Scratch::new();
-    s.qemu_img(&["create", "-q", "-f", "qcow2", "base.qcow2", "4M"]);
+    s.create("base.qcow2", "", "4M");
     s.qemu_io("qcow2", "base.qcow2", &["write -P 0x11 0 4M"]);
     s.overlay("top.qcow2", "base.qcow2", "qcow2");
     s.qemu_io(
@@ -134,7 +125,7 @@ fn unallocated_clusters_fall_through_and_zero_clusters_do_not() {
 #[test]
 fn backing_file_shorter_and_longer_than_the_overlay() {
     let s = Scratch::new();
-    s.qemu_img(&["create", "-q", "-f", "qcow2", "short.qcow2", "1M"]);
+    s.create("short.qcow2", "", "1M");
     s.qemu_io("qcow2", "short.qcow2", &["write -P 0x61 0 1M"]);
     s.qemu_img(&[
         "create",
@@ -220,16 +211,7 @@ fn compressed_clusters_deflate_and_zstd_crossing_host_clusters() {
 #[test]
 fn extended_l2_subclusters() {
     let s = Scratch::new();
-    s.qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=64k",
-        "base.qcow2",
-        "4M",
-    ]);
+    s.create("base.qcow2", "cluster_size=64k", "4M");
     s.qemu_io("qcow2", "base.qcow2", &["write -P 0x10 0 4M"]);
     for cluster in ["16k", "64k", "2M"] {
         let name = format!("ext-{cluster}.qcow2");
@@ -266,29 +248,11 @@ fn extended_l2_subclusters() {
 #[test]
 fn external_data_files_plain_and_raw() {
     let s = Scratch::new();
-    s.qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "data_file=plain.data",
-        "plain.qcow2",
-        "4M",
-    ]);
+    s.create("plain.qcow2", "data_file=plain.data", "4M");
     scribble(&s, "qcow2", "plain.qcow2", 4 << 20, 5);
     s.assert_matches_qemu("plain.qcow2", "qcow2", None);
 
-    s.qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "data_file=raw.data,data_file_raw=on",
-        "raw.qcow2",
-        "4M",
-    ]);
+    s.create("raw.qcow2", "data_file=raw.data,data_file_raw=on", "4M");
     scribble(&s, "qcow2", "raw.qcow2", 4 << 20, 6);
     s.assert_matches_qemu("raw.qcow2", "qcow2", None);
     let chain = s.open("raw.qcow2", None, None);
@@ -337,7 +301,7 @@ fn declared_backing_format_is_honoured_not_probed() {
     let s = Scratch::new();
     // A raw disk whose first bytes happen to be a qcow2 header: declared raw, it must be read
     // raw (probing it would be a security hole and give different bytes).
-    s.qemu_img(&["create", "-q", "-f", "qcow2", "inner.qcow2", "1M"]);
+    s.create("inner.qcow2", "", "1M");
     s.qemu_io("qcow2", "inner.qcow2", &["write -P 0x99 0 64k"]);
     let mut disk = std::fs::read(s.path("inner.qcow2")).unwrap();
     disk.resize(2 << 20, 0);
@@ -352,7 +316,7 @@ fn declared_backing_format_is_honoured_not_probed() {
 #[test]
 fn internal_snapshots_listed_and_read_with_their_own_disk_size() {
     let s = Scratch::new();
-    s.qemu_img(&["create", "-q", "-f", "qcow2", "img.qcow2", "4M"]);
+    s.create("img.qcow2", "", "4M");
     s.qemu_io("qcow2", "img.qcow2", &["write -P 0x01 0 1M"]);
     s.qemu_img(&["snapshot", "-c", "first", "img.qcow2"]);
     s.qemu_io("qcow2", "img.qcow2", &["write -P 0x02 512k 1M"]);
@@ -398,7 +362,7 @@ fn internal_snapshots_listed_and_read_with_their_own_disk_size() {
 #[test]
 fn internal_snapshot_inside_an_overlay_reads_through_the_backing_file() {
     let s = Scratch::new();
-    s.qemu_img(&["create", "-q", "-f", "qcow2", "base.qcow2", "4M"]);
+    s.create("base.qcow2", "", "4M");
     s.qemu_io("qcow2", "base.qcow2", &["write -P 0x0b 0 4M"]);
     s.overlay("ov.qcow2", "base.qcow2", "qcow2");
     s.qemu_io("qcow2", "ov.qcow2", &["write -P 0x0c 1M 64k"]);
@@ -411,7 +375,7 @@ fn internal_snapshot_inside_an_overlay_reads_through_the_backing_file() {
 #[test]
 fn vm_state_past_the_disk_is_not_served() {
     let s = Scratch::new();
-    s.qemu_img(&["create", "-q", "-f", "qcow2", "vm.qcow2", "1M"]);
+    s.create("vm.qcow2", "", "1M");
     s.qemu_io(
         "qcow2",
         "vm.qcow2",
@@ -481,7 +445,7 @@ fn raw_top_images_and_odd_sizes() {
     let s = Scratch::new();
     std::fs::write(s.path("odd.raw"), common::pseudo_random(1_000_003, 9)).unwrap();
     s.assert_matches_qemu("odd.raw", "raw", None);
-    s.qemu_img(&["create", "-q", "-f", "qcow2", "odd.qcow2", "1000448"]);
+    s.create("odd.qcow2", "", "1000448");
     scribble(&s, "qcow2", "odd.qcow2", 1_000_448, 11);
     s.assert_matches_qemu("odd.qcow2", "qcow2", None);
 }
@@ -489,7 +453,7 @@ fn raw_top_images_and_odd_sizes() {
 #[test]
 fn allocation_and_seek_data_agree_with_qemu_img_map() {
     let s = Scratch::new();
-    s.qemu_img(&["create", "-q", "-f", "qcow2", "base.qcow2", "8M"]);
+    s.create("base.qcow2", "", "8M");
     s.qemu_io(
         "qcow2",
         "base.qcow2",
@@ -525,16 +489,7 @@ fn allocation_and_seek_data_agree_with_qemu_img_map() {
 #[test]
 fn reads_from_many_threads_at_once_agree_with_qemu() {
     let s = Scratch::new();
-    s.qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=4k",
-        "base.qcow2",
-        "8M",
-    ]);
+    s.create("base.qcow2", "cluster_size=4k", "8M");
     scribble(&s, "qcow2", "base.qcow2", 8 << 20, 21);
     s.overlay("top.qcow2", "base.qcow2", "qcow2");
     scribble(&s, "qcow2", "top.qcow2", 8 << 20, 22);

@@ -14,7 +14,7 @@ use virtsnapfs::source::MemorySource;
 
 /// A valid v3 image with one internal snapshot, as bytes.
 fn valid_image(s: &Scratch, opts: &str) -> Vec<u8> {
-    s.qemu_img(&["create", "-q", "-f", "qcow2", "-o", opts, "v.qcow2", "4M"]);
+    s.create("v.qcow2", opts, "4M");
     s.qemu_io("qcow2", "v.qcow2", &["write -P 0x42 0 256k"]);
     s.qemu_img(&["snapshot", "-c", "snap", "v.qcow2"]);
     s.qemu_io("qcow2", "v.qcow2", &["write -P 0x43 0 64k"]);
@@ -366,7 +366,7 @@ fn l2_and_data_cluster_offsets_checked_on_read() {
 #[test]
 fn garbage_compressed_data_is_an_error_not_bytes() {
     let s = Scratch::new();
-    s.qemu_img(&["create", "-q", "-f", "qcow2", "c.qcow2", "1M"]);
+    s.create("c.qcow2", "", "1M");
     s.qemu_io("qcow2", "c.qcow2", &["write -c -P 0x11 0 64k"]);
     let mut b = std::fs::read(s.path("c.qcow2")).unwrap();
     let l1 = get_u64(&b, 40) as usize;
@@ -421,7 +421,7 @@ fn a_2_tib_disk_in_a_4_kib_file_reads_zeros_like_qemu() {
 #[test]
 fn truncated_image_reads_zeros_where_qemu_does() {
     let s = Scratch::new();
-    s.qemu_img(&["create", "-q", "-f", "qcow2", "t.qcow2", "4M"]);
+    s.create("t.qcow2", "", "4M");
     s.qemu_io("qcow2", "t.qcow2", &["write -P 0x21 0 4M"]);
     let b = std::fs::read(s.path("t.qcow2")).unwrap();
     std::fs::write(s.path("t.qcow2"), &b[..b.len() - 1_000_000]).unwrap();
@@ -431,7 +431,7 @@ fn truncated_image_reads_zeros_where_qemu_does() {
 #[test]
 fn backing_loops_are_detected() {
     let s = Scratch::new();
-    s.qemu_img(&["create", "-q", "-f", "qcow2", "a.qcow2", "1M"]);
+    s.create("a.qcow2", "", "1M");
     s.overlay("b.qcow2", "a.qcow2", "qcow2");
     s.qemu_img(&[
         "rebase", "-u", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", "a.qcow2",
@@ -465,7 +465,7 @@ fn backing_loops_are_detected() {
 #[test]
 fn chains_deeper_than_the_cap_are_refused() {
     let s = Scratch::new();
-    s.qemu_img(&["create", "-q", "-f", "qcow2", "l0.qcow2", "1M"]);
+    s.create("l0.qcow2", "", "1M");
     for i in 1..=virtsnapfs::image::MAX_CHAIN_DEPTH {
         let prev = format!("l{}.qcow2", i - 1);
         s.qemu_img(&[

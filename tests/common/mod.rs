@@ -49,6 +49,16 @@ impl Scratch {
         self.run("qemu-img", args)
     }
 
+    /// Creates qcow2 image `name` of `size` with creation options `opts` ("" for none).
+    pub fn create(&self, name: &str, opts: &str, size: &str) {
+        let mut args = vec!["create", "-q", "-f", "qcow2"];
+        if !opts.is_empty() {
+            args.extend(["-o", opts]);
+        }
+        args.extend([name, size]);
+        self.qemu_img(&args);
+    }
+
     /// Creates qcow2 overlay `name` on `backing` (of format `backing_fmt`), as large as it.
     pub fn overlay(&self, name: &str, backing: &str, backing_fmt: &str) {
         self.qemu_img(&[
