@@ -143,24 +143,6 @@ struct ChainEntry {
     result: Result<Arc<Chain>, String>,
 }
 
-/// What identifies the contents of a chain's files: if no layer's mtime or size changed, no
-/// byte changed (every write updates the mtime).
-fn layer_stamp(chain: &Chain) -> Vec<(std::path::PathBuf, Option<SystemTime>, u64)> {
-    chain
-        .layers()
-        .iter()
-        .flat_map(|l| std::iter::once(&l.path).chain(l.data_file.as_ref()))
-        .map(|p| {
-            let meta = std::fs::metadata(p).ok();
-            (
-                p.clone(),
-                meta.as_ref().and_then(|m| m.modified().ok()),
-                meta.map_or(0, |m| m.len()),
-            )
-        })
-        .collect()
-}
-
 /// The kernel's caches of names, attributes and pages, which must forget what an operation
 /// changed. The FUSE adapter implements it with fuser's Notifier; it must not block (the
 /// kernel holds directory locks while it waits for the reply of mkdir, rename and rmdir).
@@ -347,13 +329,17 @@ impl VirtSnapFs {
         }
     }
 
-    /// A disk's attributes. A chain that cannot be opened shows as an empty file (the error
-    /// is logged, and open() reports it as EIO), so `ls` of the rest keeps working.
-    fn disk_attr(&self, ino: u64, chain: Result<Arc<Chain>, FsError>, mtime: SystemTime) -> Attr {
-        let (size, allocated) = match chain {
+    /// A disk's (size, allocated bytes). A chain that cannot be opened shows as an empty file
+    /// (the error is logged, and open() reports it as EIO), so `ls` of the rest keeps working.
+    fn disk_sizes(chain: &Result<Arc<Chain>, FsError>) -> (u64, u64) {
+        match chain {
             Ok(c) => (c.size(), c.allocated_bytes().unwrap_or_else(|_| c.size())),
             Err(_) => (0, 0),
-        };
+        }
+    }
+
+    /// A disk's attributes.
+    fn disk_attr(&self, ino: u64, (size, allocated): (u64, u64), mtime: SystemTime) -> Attr {
         Attr {
             ino,
             kind: NodeKind::File,
@@ -424,7 +410,8 @@ impl VirtSnapFs {
                     Some(self.options.refresh),
                     &label,
                 );
-                let mut a = self.disk_attr(ino, chain, Self::file_mtime(&disk.chain.top.path));
+                let mtime = Self::file_mtime(&disk.chain.top.path);
+                let mut a = self.disk_attr(ino, Self::disk_sizes(&chain), mtime);
                 a.volatile = true;
                 Ok(a)
             }
@@ -434,15 +421,12 @@ impl VirtSnapFs {
                 let created = m.snapshot(s).map_or(0, |s| s.creation_time);
                 let key = ChainKey::Snapshot(d.clone(), s.clone(), t.clone());
                 let remembered = (key.clone(), disk.chain.clone());
-                if let Some(&(size, allocated)) = self.disk_attrs.lock().get(&remembered) {
-                    let mut attr = self.disk_attr(ino, Err(fs_err!(Io, "")), unix_time(created));
-                    attr.size = size;
-                    attr.allocated = allocated;
-                    return Ok(attr);
+                if let Some(&sizes) = self.disk_attrs.lock().get(&remembered) {
+                    return Ok(self.disk_attr(ino, sizes, unix_time(created)));
                 }
                 let label = format!("domain {d} snapshot {s} disk {t}");
                 let chain = self.chain(key, &disk.chain, None, &label);
-                let attr = self.disk_attr(ino, chain.clone(), unix_time(created));
+                let attr = self.disk_attr(ino, Self::disk_sizes(&chain), unix_time(created));
                 if chain.is_ok() {
                     self.disk_attrs
                         .lock()
@@ -667,7 +651,15 @@ impl VirtSnapFs {
                 let chain = self.chain(key.clone(), &disk.chain, Some(Duration::ZERO), &label)?;
                 // Pages cached by earlier reads stay valid while the domain is shut off and the
                 // same files, unchanged, serve this open as served the previous one.
-                let served = format!("{:?}|{:?}", disk.chain, layer_stamp(&chain));
+                // Unchanged mtimes and sizes of the same files mean unchanged bytes.
+                let files: Vec<std::path::PathBuf> = chain
+                    .layers()
+                    .iter()
+                    .flat_map(|l| std::iter::once(&l.path).chain(l.data_file.as_ref()))
+                    .cloned()
+                    .collect();
+                let stamp = crate::ops::images::files_stamp(&files);
+                let served = format!("{:?}|{files:?}|{stamp:?}", disk.chain);
                 let same = self.remember_served(key, served);
                 (Handle::Disk { chain, label }, !m.active && same)
             }
@@ -953,6 +945,16 @@ impl VirtSnapFs {
         result
     }
 
+    /// For a snapshot directory (`snapshots/` or a snapshot): its domain and the snapshot
+    /// whose children it lists (None for `snapshots/`).
+    fn snapshot_dir(key: &NodeKey) -> Option<(String, Option<String>)> {
+        match key {
+            NodeKey::Snapshot(d, s) => Some((d.clone(), Some(s.clone()))),
+            NodeKey::Snapshots(d) => Some((d.clone(), None)),
+            _ => None,
+        }
+    }
+
     fn decode_name(name: &OsStr) -> Result<String, FsError> {
         name.to_str()
             .and_then(names::decode)
@@ -963,16 +965,12 @@ impl VirtSnapFs {
     /// snapshot): creates a snapshot with that name.
     pub fn mkdir(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
         let key = self.key(parent)?;
-        let (domain, in_snapshot) = match &key {
-            NodeKey::Snapshot(d, s) => (d.clone(), Some(s.clone())),
-            NodeKey::Snapshots(d) => (d.clone(), None),
-            other => {
-                return Err(fs_err!(
-                    NotPermitted,
-                    "mkdir in {}: snapshots are created with mkdir DOMAIN/current/NAME (or DOMAIN/snapshots/NAME when the domain has no snapshot)",
-                    self.describe(other)
-                ))
-            }
+        let Some((domain, in_snapshot)) = Self::snapshot_dir(&key) else {
+            return Err(fs_err!(
+                NotPermitted,
+                "mkdir in {}: snapshots are created with mkdir DOMAIN/current/NAME (or DOMAIN/snapshots/NAME when the domain has no snapshot)",
+                self.describe(&key)
+            ));
         };
         let snapshot = Self::decode_name(name)?;
         crate::ops::check_snapshot_name(&snapshot)?;
@@ -1011,23 +1009,19 @@ impl VirtSnapFs {
     ) -> Result<(), FsError> {
         let from = self.key(parent)?;
         let to = self.key(new_parent)?;
-        let domain = match &from {
-            NodeKey::Snapshot(d, _) | NodeKey::Snapshots(d) => d.clone(),
-            other => {
-                return Err(fs_err!(
-                    NotPermitted,
-                    "rename in {}: only snapshot directories can be moved (onto DOMAIN/live to revert, or renamed in place)",
-                    self.describe(other)
-                ))
-            }
+        let Some((domain, parent_name)) = Self::snapshot_dir(&from) else {
+            return Err(fs_err!(
+                NotPermitted,
+                "rename in {}: only snapshot directories can be moved (onto DOMAIN/live to revert, or renamed in place)",
+                self.describe(&from)
+            ));
         };
         let snapshot = Self::decode_name(name)?;
         let model = self.domain(&domain)?;
-        let parent_name = match &from {
-            NodeKey::Snapshot(_, p) => Some(p.as_str()),
-            _ => None,
-        };
-        if !model.children(parent_name).any(|s| s.name == snapshot) {
+        if !model
+            .children(parent_name.as_deref())
+            .any(|s| s.name == snapshot)
+        {
             return Err(fs_err!(
                 NotPermitted,
                 "rename {snapshot}: only snapshot directories can be moved (onto DOMAIN/live to revert, or renamed in place)"
@@ -1064,16 +1058,12 @@ impl VirtSnapFs {
     /// rmdir of a snapshot directory deletes the snapshot; its children move up.
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
         let key = self.key(parent)?;
-        let (domain, parent_name) = match &key {
-            NodeKey::Snapshot(d, p) => (d.clone(), Some(p.clone())),
-            NodeKey::Snapshots(d) => (d.clone(), None),
-            other => {
-                return Err(fs_err!(
-                    NotPermitted,
-                    "rmdir in {}: only snapshot directories can be removed",
-                    self.describe(other)
-                ))
-            }
+        let Some((domain, parent_name)) = Self::snapshot_dir(&key) else {
+            return Err(fs_err!(
+                NotPermitted,
+                "rmdir in {}: only snapshot directories can be removed",
+                self.describe(&key)
+            ));
         };
         let snapshot = Self::decode_name(name)?;
         let model = self.domain(&domain)?;

@@ -188,6 +188,11 @@ fn open_layer(
     Ok((layer, backing))
 }
 
+/// The format of the image at `path` by QEMU's probe (see [`probe_format`]).
+pub fn probe_path(path: &Path) -> std::io::Result<Format> {
+    probe_format(&FileSource::open(path)?)
+}
+
 /// QEMU's probe, reduced to the two formats we read: qcow2 by its magic, raw otherwise.
 fn probe_format(source: &dyn ByteSource) -> std::io::Result<Format> {
     let mut magic = [0u8; 4];

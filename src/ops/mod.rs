@@ -277,19 +277,9 @@ impl SnapshotOps {
         ))
     }
 
+    /// The stated format, else the probed one (raw when the file cannot be read).
     fn disk_format(spec_format: Option<Format>, path: &Path) -> Format {
-        spec_format.unwrap_or_else(|| {
-            let mut magic = [0u8; 4];
-            let is_qcow2 = std::fs::File::open(path)
-                .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut magic, 0))
-                .is_ok()
-                && u32::from_be_bytes(magic) == crate::qcow2::header::QCOW2_MAGIC;
-            if is_qcow2 {
-                Format::Qcow2
-            } else {
-                Format::Raw
-            }
-        })
+        spec_format.unwrap_or_else(|| crate::image::open::probe_path(path).unwrap_or(Format::Raw))
     }
 
     /// mkdir: creates snapshot `name` of `model`'s domain, a child of the current snapshot.
