@@ -49,6 +49,23 @@ impl DomainModel {
         h.finish()
     }
 
+    /// A cheap summary of what decides which images the domain's disks and snapshots read:
+    /// its XML and its snapshots' names, not which snapshot is current (see
+    /// `Backend::layout_fingerprints`).
+    pub fn layout_fingerprint_of(xml: &str, snapshot_names: &[String]) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut names = snapshot_names.to_vec();
+        names.sort();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        ("layout", xml, names).hash(&mut h);
+        h.finish()
+    }
+
+    pub fn layout_fingerprint(&self) -> u64 {
+        let names: Vec<String> = self.snapshots.iter().map(|s| s.name.clone()).collect();
+        Self::layout_fingerprint_of(&self.xml, &names)
+    }
+
     pub fn fingerprint(&self) -> u64 {
         let names: Vec<String> = self.snapshots.iter().map(|s| s.name.clone()).collect();
         Self::fingerprint_of(&self.xml, &names, self.current.as_deref())
@@ -82,5 +99,30 @@ impl DomainModel {
         }
         path.reverse();
         Some(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DomainModel;
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn layout_fingerprint_follows_the_xml_and_the_set_of_snapshot_names() {
+        let fp = DomainModel::layout_fingerprint_of;
+        let base = fp("<domain/>", &names(&["a", "b"]));
+        // Order of listing does not matter; the XML and the set of names do.
+        assert_eq!(base, fp("<domain/>", &names(&["b", "a"])));
+        assert_ne!(base, fp("<domain><x/></domain>", &names(&["a", "b"])));
+        assert_ne!(base, fp("<domain/>", &names(&["a"])));
+        // The full fingerprint does see the current snapshot.
+        let full = DomainModel::fingerprint_of;
+        assert_ne!(
+            full("<domain/>", &names(&["a"]), Some("a")),
+            full("<domain/>", &names(&["a"]), None)
+        );
     }
 }

@@ -59,6 +59,9 @@ pub trait Backend: Send + Sync {
     /// `DomainModel::fingerprint` of the domain as it is now, from a few cheap calls (None:
     /// no such domain), so an unchanged domain need not be reloaded.
     fn domain_fingerprint(&self, name: &str) -> Result<Option<u64>, BackendError>;
+    /// Every domain's `DomainModel::layout_fingerprint`, by name, as libvirt has them now: what
+    /// a scan of which images are in use checks before reusing the models it saw last time.
+    fn layout_fingerprints(&self) -> Result<Vec<(String, u64)>, BackendError>;
     fn domain_state(&self, domain: &str) -> Result<DomainState, BackendError>;
     /// The persistent (inactive) domain XML, as `virsh dumpxml --inactive --security-info`.
     fn inactive_xml(&self, domain: &str) -> Result<String, BackendError>;

@@ -174,6 +174,38 @@ fn log_skipped(domain: &str, snapshot: Option<&str>, entries: &[DiskEntry]) {
     }
 }
 
+/// Threads checking domains at once. libvirtd runs 5 calls of one client at a time by default
+/// (max_client_requests); more threads still overlap our waits with its work: 57 domains took
+/// 26 ms on one thread, 16 ms on 5 and 13 ms on 10.
+const SCAN_THREADS: usize = 8;
+
+/// A listed domain's name and layout fingerprint; None when it vanished meanwhile.
+fn layout_fingerprint(
+    dom: &virt::domain::Domain,
+) -> Result<Option<(String, u64)>, virt::error::Error> {
+    let gone = |e: virt::error::Error| match e.code() {
+        virt::enumutil::Enum::Known(virt::error::ErrorNumber::NoDomain) => Ok(None),
+        _ => Err(e),
+    };
+    let name = dom.name()?;
+    let xml = match dom.xml_desc(0) {
+        Ok(x) => x,
+        Err(e) => return gone(e),
+    };
+    let snapshots = match dom.list_all_snapshots(0) {
+        Ok(s) => s,
+        Err(e) => return gone(e),
+    };
+    let mut names = Vec::with_capacity(snapshots.len());
+    for s in snapshots {
+        names.push(s.name()?);
+    }
+    Ok(Some((
+        name,
+        DomainModel::layout_fingerprint_of(&xml, &names),
+    )))
+}
+
 impl Backend for LibvirtBackend {
     fn list_domains(&self) -> Result<Vec<String>, BackendError> {
         let names = self.with_connection("listing domains", |c| {
@@ -217,6 +249,36 @@ impl Backend for LibvirtBackend {
             Ok(f) => Ok(Some(f)),
             Err(LoadError::NoDomain) => Ok(None),
             Err(LoadError::Backend(e)) => Err(e),
+        }
+    }
+
+    fn layout_fingerprints(&self) -> Result<Vec<(String, u64)>, BackendError> {
+        let listed = self.with_connection("checking all domains", |c| {
+            let domains = c.list_all_domains(0)?;
+            // Two calls per domain (XML and snapshot names), on several threads at once.
+            let per_thread = domains.len().div_ceil(SCAN_THREADS).max(1);
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = domains
+                    .chunks(per_thread)
+                    .map(|chunk| {
+                        scope.spawn(move || chunk.iter().map(layout_fingerprint).collect())
+                    })
+                    .collect();
+                let mut out = Vec::new();
+                for w in workers {
+                    let part: Vec<Result<Option<(String, u64)>, virt::error::Error>> =
+                        w.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                    for r in part {
+                        out.extend(r?);
+                    }
+                }
+                Ok(out)
+            })
+        });
+        match listed {
+            Ok(l) => Ok(l),
+            Err(LoadError::Backend(e)) => Err(e),
+            Err(LoadError::NoDomain) => Ok(Vec::new()),
         }
     }
 

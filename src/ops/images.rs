@@ -157,14 +157,14 @@ pub type FileStamp = Option<(std::time::SystemTime, u64)>;
 
 /// The stamps of `paths`: unchanged stamps mean unchanged headers, so unchanged backing links.
 pub fn files_stamp(paths: &[PathBuf]) -> Vec<FileStamp> {
-    paths
-        .iter()
-        .map(|p| {
-            std::fs::metadata(p)
-                .ok()
-                .and_then(|m| Some((m.modified().ok()?, m.len())))
-        })
-        .collect()
+    paths.iter().map(|p| file_stamp(p)).collect()
+}
+
+/// One file's modification time and size, None when it cannot be stat'ed.
+pub fn file_stamp(path: &Path) -> FileStamp {
+    std::fs::metadata(path)
+        .ok()
+        .and_then(|m| Some((m.modified().ok()?, m.len())))
 }
 
 /// The layers of a chain libvirt states in full (`<backingStore>` down to its end), without

@@ -169,40 +169,18 @@ impl SnapshotOps {
             .ok_or_else(|| fs_err!(NotFound, "no domain {domain}"))
     }
 
-    /// Every domain's model as libvirt has it now. A model seen before is reused when its
-    /// fingerprint (domain XML, snapshot names, current snapshot) is unchanged: three calls
-    /// instead of one per snapshot, for every domain of the host.
+    /// Every domain's model as libvirt has it now, as far as which images it reads. A model
+    /// seen before is reused when its layout fingerprint (domain XML, snapshot names) is
+    /// unchanged: two calls per domain instead of one per snapshot.
     fn all_models(&self) -> Result<Vec<Arc<DomainModel>>, FsError> {
-        let mut out = Vec::new();
-        let names = self.backend.list_domains().map_err(backend_err)?;
+        let fingerprints = self.backend.layout_fingerprints().map_err(backend_err)?;
         let mut seen = self.seen_models.lock().clone();
-        seen.retain(|name, _| names.contains(name));
-        // Three calls per domain, on a few threads at once (libvirt multiplexes them).
-        let fingerprints: Vec<Result<Option<u64>, BackendError>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = names
-                .chunks(names.len().div_ceil(4).max(1))
-                .map(|chunk| {
-                    scope.spawn(move || {
-                        chunk
-                            .iter()
-                            .map(|n| self.backend.domain_fingerprint(n))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| w.join().unwrap_or_default())
-                .collect()
-        });
-        if fingerprints.len() != names.len() {
-            return Err(fs_err!(Io, "checking the domains failed"));
-        }
-        for (name, fingerprint) in names.into_iter().zip(fingerprints) {
-            let fingerprint = fingerprint.map_err(backend_err)?;
+        seen.retain(|name, _| fingerprints.iter().any(|(n, _)| n == name));
+        let mut out = Vec::with_capacity(fingerprints.len());
+        for (name, fingerprint) in fingerprints {
             let reuse = seen
                 .get(&name)
-                .filter(|m| Some(m.fingerprint()) == fingerprint)
+                .filter(|m| m.layout_fingerprint() == fingerprint)
                 .cloned();
             let model = match reuse {
                 Some(m) => Some(m),
@@ -231,17 +209,31 @@ impl SnapshotOps {
     /// its files changed (mtime and size) and for at most SNAPSHOT_LAYERS_KEPT; merges,
     /// which re-point images, forget them all.
     fn all_chains(&self) -> Result<Vec<ChainUse>, FsError> {
+        // Many chains share images (every internal snapshot of a disk is in the same file):
+        // each file is stat'ed once per scan.
+        let stamps = std::cell::RefCell::new(HashMap::new());
+        let stamps_of = |paths: &[PathBuf]| -> Vec<images::FileStamp> {
+            let mut known = stamps.borrow_mut();
+            paths
+                .iter()
+                .map(|p| {
+                    *known
+                        .entry(p.clone())
+                        .or_insert_with(|| images::file_stamp(p))
+                })
+                .collect()
+        };
         let layers = |spec: &crate::image::ChainSpec, _is_snapshot: bool| {
             if let Some(stated) = images::stated_layers(spec) {
                 return Ok(stated);
             }
             if let Some((at, stamp, l)) = self.seen_layers.lock().get(spec) {
-                if at.elapsed() < SNAPSHOT_LAYERS_KEPT && images::files_stamp(&l.0) == *stamp {
+                if at.elapsed() < SNAPSHOT_LAYERS_KEPT && stamps_of(&l.0) == *stamp {
                     return Ok(l.clone());
                 }
             }
             let l = images::chain_layers(spec, &self.cache)?;
-            let stamp = images::files_stamp(&l.0);
+            let stamp = stamps_of(&l.0);
             self.seen_layers
                 .lock()
                 .insert(spec.clone(), (std::time::Instant::now(), stamp, l.clone()));
@@ -256,6 +248,7 @@ impl SnapshotOps {
                     attempt += 1;
                     log::debug!("dependency scan, attempt {attempt}: {e}");
                     self.seen_models.lock().clear();
+                    stamps.borrow_mut().clear();
                     std::thread::sleep(std::time::Duration::from_millis(200));
                 }
                 result => return result,
