@@ -156,6 +156,14 @@ impl KernelCache for NoKernelCache {
     fn invalidate(&self, _entries: Vec<(u64, OsString)>, _inodes: Vec<u64>) {}
 }
 
+/// Whether a snapshot operation can change which entries a domain's tree has: a revert keeps
+/// every name where it was (only bytes and the current snapshot change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TreeShape {
+    Kept,
+    Changed,
+}
+
 pub struct VirtSnapFs {
     catalog: Catalog,
     ops: SnapshotOps,
@@ -705,36 +713,26 @@ impl VirtSnapFs {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
-        let mut buf = Vec::new();
-        self.read_into(fh, offset, size, &mut buf)?;
+        let mut buf = vec![0; size as usize];
+        let n = self.read_into(fh, offset, &mut buf)?;
+        buf.truncate(n);
         Ok(buf)
     }
 
-    /// Reads into `buf` (resized to the bytes read), so a caller can reuse one buffer for
-    /// every read instead of allocating a megabyte per request.
-    pub fn read_into(
-        &self,
-        fh: u64,
-        offset: u64,
-        size: u32,
-        buf: &mut Vec<u8>,
-    ) -> Result<(), FsError> {
+    /// Reads up to `buf.len()` bytes at `offset` into `buf` and returns how many, so a caller
+    /// can reuse one (aligned, see `source::AlignedBuffer`) buffer for every read.
+    pub fn read_into(&self, fh: u64, offset: u64, buf: &mut [u8]) -> Result<usize, FsError> {
         match self.handle(fh)? {
             HandleRef::Bytes(b) => {
                 let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
-                let end = start.saturating_add(size as usize).min(b.len());
-                buf.clear();
-                buf.extend_from_slice(&b[start..end]);
+                let end = start.saturating_add(buf.len()).min(b.len());
+                buf[..end - start].copy_from_slice(&b[start..end]);
+                Ok(end - start)
             }
-            HandleRef::Disk(chain, label) => {
-                buf.resize(size as usize, 0);
-                let n = chain
-                    .read_at(buf, offset)
-                    .map_err(|e| fs_err!(Io, "{label}: read at {offset}: {e}"))?;
-                buf.truncate(n);
-            }
+            HandleRef::Disk(chain, label) => chain
+                .read_at(buf, offset)
+                .map_err(|e| fs_err!(Io, "{label}: read at {offset}: {e}")),
         }
-        Ok(())
     }
 
     /// SEEK_DATA / SEEK_HOLE, so `cp --sparse` and `qemu-img convert` skip holes.
@@ -914,11 +912,15 @@ impl VirtSnapFs {
     }
 
     /// Runs a snapshot operation on `domain` under its lock, then makes the catalog and the
-    /// kernel forget everything the operation may have changed in that domain's tree.
+    /// kernel forget everything the operation may have changed in that domain's tree. An
+    /// operation of `TreeShape::Changed` may add, remove or move entries, so the entries of
+    /// the domain's new model are forgotten too; that model is loaded right away, while a
+    /// `TreeShape::Kept` operation (a revert) leaves loading it to the next lookup.
     fn operate<T>(
         &self,
         domain: &str,
         extra: Vec<(u64, OsString)>,
+        shape: TreeShape,
         op: impl FnOnce(&DomainModel) -> Result<T, FsError>,
     ) -> Result<T, FsError> {
         let lock = self.ops.domain_lock(domain);
@@ -931,8 +933,10 @@ impl VirtSnapFs {
         self.forget_served(domain);
         self.catalog.invalidate(domain);
         let mut entries = self.cached_entries(&before);
-        if let Ok(Some(after)) = self.catalog.domain(domain) {
-            entries.extend(self.cached_entries(&after));
+        if shape == TreeShape::Changed {
+            if let Ok(Some(after)) = self.catalog.domain(domain) {
+                entries.extend(self.cached_entries(&after));
+            }
         }
         entries.extend(extra);
         entries.sort();
@@ -993,9 +997,12 @@ impl VirtSnapFs {
                 self.describe(&key)
             ));
         }
-        self.operate(&domain, vec![(parent, name.to_os_string())], |m| {
-            self.ops.create(m, &snapshot)
-        })?;
+        self.operate(
+            &domain,
+            vec![(parent, name.to_os_string())],
+            TreeShape::Changed,
+            |m| self.ops.create(m, &snapshot),
+        )?;
         self.attr_of(&NodeKey::Snapshot(domain, snapshot))
     }
 
@@ -1034,14 +1041,18 @@ impl VirtSnapFs {
         ];
         match &to {
             NodeKey::Live(d) if *d == domain => {
-                self.operate(&domain, extra, |m| self.ops.revert(m, &snapshot))
+                self.operate(&domain, extra, TreeShape::Kept, |m| {
+                    self.ops.revert(m, &snapshot)
+                })
             }
             NodeKey::Domain(d) if *d == domain && new == LIVE_DIR => {
-                self.operate(&domain, extra, |m| self.ops.revert(m, &snapshot))
+                self.operate(&domain, extra, TreeShape::Kept, |m| {
+                    self.ops.revert(m, &snapshot)
+                })
             }
             _ if to == from => {
                 let new_snapshot = Self::decode_name(new_name)?;
-                self.operate(&domain, extra, |m| {
+                self.operate(&domain, extra, TreeShape::Changed, |m| {
                     self.ops.rename(m, &snapshot, &new_snapshot)?;
                     self.inodes.rename_snapshot(&domain, &snapshot, &new_snapshot);
                     Ok(())
@@ -1076,9 +1087,12 @@ impl VirtSnapFs {
                 "domain {domain}: no snapshot {snapshot} here"
             ));
         }
-        self.operate(&domain, vec![(parent, name.to_os_string())], |m| {
-            self.ops.delete(m, &snapshot)
-        })
+        self.operate(
+            &domain,
+            vec![(parent, name.to_os_string())],
+            TreeShape::Changed,
+            |m| self.ops.delete(m, &snapshot),
+        )
     }
 
     /// unlink: files are read-only, except that removing the fixed files of a snapshot
