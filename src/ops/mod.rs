@@ -204,6 +204,14 @@ impl SnapshotOps {
         Ok(out)
     }
 
+    /// Offers the scan a model just loaded from libvirt (the one an operation works on), so
+    /// it is not loaded again; the scan still uses it only if its fingerprint is current.
+    fn remember_model(&self, model: &DomainModel) {
+        self.seen_models
+            .lock()
+            .insert(model.name.clone(), Arc::new(model.clone()));
+    }
+
     /// Every chain of every domain. A chain libvirt states in full (a running domain's) is
     /// taken as stated; another is read from the images once and remembered while none of
     /// its files changed (mtime and size) and for at most SNAPSHOT_LAYERS_KEPT; merges,
@@ -384,6 +392,7 @@ impl SnapshotOps {
         model: &DomainModel,
         snap: &SnapshotModel,
     ) -> Result<(), FsError> {
+        self.remember_model(model);
         let chains = self.all_chains()?;
         for disk in &snap.disks {
             let image = images::canonical(&disk.chain.top.path);
@@ -676,6 +685,7 @@ impl SnapshotOps {
     /// committed into it, whatever was on the overlay is pointed at it, and the overlay goes.
     /// Otherwise only libvirt's metadata is deleted and the images stay.
     fn delete_external(&self, model: &DomainModel, snap: &SnapshotModel) -> Result<(), FsError> {
+        self.remember_model(model);
         let chains = self.all_chains()?;
         let mut merges = Vec::new();
         for disk in &snap.disks {
