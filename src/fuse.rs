@@ -15,16 +15,13 @@ use fuser::{
 };
 
 use crate::fs::{Attr, FsError, KernelCache, NodeKind, VirtSnapFs, Whence};
-use crate::source::AlignedBuffer;
 
 /// Largest read the kernel sends us in one request (fuser derives max_pages from it).
 const MAX_READ: u32 = 1 << 20;
 
 thread_local! {
-    /// One read buffer per FUSE worker thread, reused for every request; aligned, so that
-    /// large reads can go to the images with O_DIRECT.
-    static READ_BUFFER: std::cell::RefCell<AlignedBuffer> =
-        const { std::cell::RefCell::new(AlignedBuffer::new()) };
+    /// One read buffer per FUSE worker thread, reused for every request.
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 pub struct FuseAdapter {
@@ -290,7 +287,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         READ_BUFFER.with_borrow_mut(|buf| {
-            let buf = buf.get(size as usize);
+            buf.resize(size as usize, 0);
             match self.fs.read_into(fh.0, offset, buf) {
                 Ok(n) => reply.data(&buf[..n]),
                 Err(e) => reply.error(errno("read", &e)),

@@ -4,12 +4,6 @@
 //! semantics for files: bytes past the end of the file read as zeros. That is what makes a
 //! truncated image (or a 2 TiB disk declared in a 4 KiB file) read like QEMU reads it instead of
 //! failing. The in-memory implementation lets the parser be tested and fuzzed without files.
-//!
-//! Large reads of image data that is not in the host's page cache go around it (O_DIRECT), as
-//! QEMU's cache=none does: the bytes then land in the FUSE page cache only, not in both, and a
-//! cold sequential read no longer pays for filling the host cache first (on the benchmark host a
-//! cold 1-deep disk read at 0.7-1.2 GB/s through the host cache, 1.4-1.5 GB/s around it). Data
-//! already cached, small reads and unaligned ones are read through the cache as before.
 
 use std::fs::File;
 use std::io;
@@ -29,73 +23,21 @@ pub trait ByteSource: Send + Sync {
     }
 }
 
-/// Memory address, file offset and length alignment of reads made with O_DIRECT: 4 KiB
-/// satisfies devices with 512-byte and with 4 KiB logical blocks.
-pub const DIRECT_ALIGN: usize = 4096;
-/// Reads smaller than this go through the host's page cache even when it does not hold them:
-/// small reads are random ones, which the cache serves better the second time.
-const DIRECT_MIN_BYTES: usize = 256 << 10;
-
 /// A file read with pread(2).
 pub struct FileSource {
     file: File,
-    /// The same file opened with O_DIRECT; None where its filesystem refuses that.
-    direct: Option<File>,
 }
 
 impl FileSource {
     pub fn open(path: &Path) -> io::Result<FileSource> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = File::open(path)?;
-        let direct = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .ok();
-        Ok(FileSource { file, direct })
-    }
-
-    /// Reads the aligned head of `buf` around the page cache when that is worth it: a large,
-    /// aligned read of a range the cache does not hold in full. Returns how many bytes were
-    /// read (0: none, read it all through the cache); stops early at the end of the file.
-    fn read_direct(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let Some(direct) = &self.direct else {
-            return Ok(0);
-        };
-        let aligned_len = buf.len() - buf.len() % DIRECT_ALIGN;
-        if aligned_len < DIRECT_MIN_BYTES
-            || !offset.is_multiple_of(DIRECT_ALIGN as u64)
-            || buf.as_ptr().align_offset(DIRECT_ALIGN) != 0
-            || crate::sys::range_is_cached(&self.file, offset, aligned_len as u64) != Some(false)
-        {
-            return Ok(0);
-        }
-        let mut done = 0;
-        while done < aligned_len {
-            let at = offset + done as u64;
-            match direct.read_at(&mut buf[done..aligned_len], at) {
-                Ok(0) => break,
-                Ok(n) => {
-                    done += n;
-                    if !n.is_multiple_of(DIRECT_ALIGN) {
-                        break; // the end of the file, mid-block
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // A device whose blocks are larger than DIRECT_ALIGN: the cache it is.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(done)
+        Ok(FileSource {
+            file: File::open(path)?,
+        })
     }
 }
 
 impl ByteSource for FileSource {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let direct = self.read_direct(buf, offset)?;
-        let mut buf = &mut buf[direct..];
-        let mut offset = offset + direct as u64;
+    fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
         while !buf.is_empty() {
             match self.file.read_at(buf, offset) {
                 Ok(0) => {
@@ -122,34 +64,6 @@ impl ByteSource for FileSource {
     fn allocated_bytes(&self) -> io::Result<u64> {
         use std::os::unix::fs::MetadataExt;
         Ok(self.file.metadata()?.blocks().saturating_mul(512))
-    }
-}
-
-/// A reusable read buffer whose start is aligned for O_DIRECT.
-pub struct AlignedBuffer {
-    bytes: Vec<u8>,
-}
-
-impl AlignedBuffer {
-    pub const fn new() -> AlignedBuffer {
-        AlignedBuffer { bytes: Vec::new() }
-    }
-
-    /// `len` bytes starting at a DIRECT_ALIGN-aligned address. Their contents are whatever
-    /// the last use left: callers overwrite what they hand on.
-    pub fn get(&mut self, len: usize) -> &mut [u8] {
-        let need = len.saturating_add(DIRECT_ALIGN);
-        if self.bytes.len() < need {
-            self.bytes = vec![0; need];
-        }
-        let pad = self.bytes.as_ptr().align_offset(DIRECT_ALIGN);
-        &mut self.bytes[pad..pad + len]
-    }
-}
-
-impl Default for AlignedBuffer {
-    fn default() -> Self {
-        AlignedBuffer::new()
     }
 }
 

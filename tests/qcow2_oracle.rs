@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_bytes_eq, path_str, Scratch};
+use common::{path_str, Scratch};
 use virtsnapfs::image::{Format, ImageError};
 use virtsnapfs::qcow2::FormatError;
 
@@ -592,58 +592,5 @@ fn inspect_json_agrees_with_qemu_img_info() {
     assert!(
         text.contains("snap1") && text.contains("base.raw") && text.contains("file format: raw"),
         "{text}"
-    );
-}
-
-#[test]
-fn large_reads_of_uncached_images_bypass_the_host_page_cache_and_agree_with_qemu() {
-    let s = Scratch::new();
-    // A raw base whose size is not a multiple of 4 KiB, so its last direct read ends mid-block,
-    // under a qcow2 overlay holding data in two places.
-    s.random_file("base.raw", (6 << 20) + 1000, 7);
-    s.overlay("top.qcow2", "base.raw", "raw");
-    s.qemu_io(
-        "qcow2",
-        "top.qcow2",
-        &["write -P 0x5a 1M 1M", "write -P 0x33 3584k 64k"],
-    );
-    let expected = s.reference("top.qcow2", "qcow2", None);
-    // Drop both files from the host's page cache: written back first (only clean pages can
-    // be dropped), then dd's nocache (posix_fadvise DONTNEED).
-    for f in ["base.raw", "top.qcow2"] {
-        s.run("sync", &[f]);
-        s.run(
-            "dd",
-            &[
-                &format!("if={f}"),
-                "iflag=nocache",
-                "count=0",
-                "status=none",
-            ],
-        );
-    }
-    let base = std::fs::File::open(s.path("base.raw")).unwrap();
-    assert_eq!(
-        virtsnapfs::sys::range_is_cached(&base, 0, 1 << 20),
-        Some(false),
-        "the test needs the base out of the page cache"
-    );
-    let chain = s.open("top.qcow2", None, None);
-    let mut buffer = virtsnapfs::source::AlignedBuffer::new();
-    let mut ours = Vec::new();
-    loop {
-        let buf = buffer.get(1 << 20);
-        let n = chain.read_at(buf, ours.len() as u64).unwrap();
-        if n == 0 {
-            break;
-        }
-        ours.extend_from_slice(&buf[..n]);
-    }
-    assert_bytes_eq(&ours, &expected, "top.qcow2 read in aligned 1 MiB pieces");
-    // The base's first MiB was read around the cache, so the cache still does not hold it.
-    assert_eq!(
-        virtsnapfs::sys::range_is_cached(&base, 0, 1 << 20),
-        Some(false),
-        "a large aligned read of uncached data went through the page cache"
     );
 }

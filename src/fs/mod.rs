@@ -720,7 +720,7 @@ impl VirtSnapFs {
     }
 
     /// Reads up to `buf.len()` bytes at `offset` into `buf` and returns how many, so a caller
-    /// can reuse one (aligned, see `source::AlignedBuffer`) buffer for every read.
+    /// can reuse one buffer for every read instead of allocating a megabyte per request.
     pub fn read_into(&self, fh: u64, offset: u64, buf: &mut [u8]) -> Result<usize, FsError> {
         match self.handle(fh)? {
             HandleRef::Bytes(b) => {
