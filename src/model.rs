@@ -41,34 +41,28 @@ impl DomainModel {
     /// A cheap summary of what changes when libvirt's view of a domain changes: its XML, its
     /// snapshots' names and its current snapshot (see `Backend::domain_fingerprint`).
     pub fn fingerprint_of(xml: &str, snapshot_names: &[String], current: Option<&str>) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut names = snapshot_names.to_vec();
-        names.sort();
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (xml, names, current).hash(&mut h);
-        h.finish()
+        hash_of(&(Self::layout_fingerprint_of(xml, snapshot_names), current))
     }
 
     /// A cheap summary of what decides which images the domain's disks and snapshots read:
     /// its XML and its snapshots' names, not which snapshot is current (see
     /// `Backend::layout_fingerprints`).
     pub fn layout_fingerprint_of(xml: &str, snapshot_names: &[String]) -> u64 {
-        use std::hash::{Hash, Hasher};
         let mut names = snapshot_names.to_vec();
         names.sort();
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        ("layout", xml, names).hash(&mut h);
-        h.finish()
+        hash_of(&(xml, names))
     }
 
     pub fn layout_fingerprint(&self) -> u64 {
-        let names: Vec<String> = self.snapshots.iter().map(|s| s.name.clone()).collect();
-        Self::layout_fingerprint_of(&self.xml, &names)
+        Self::layout_fingerprint_of(&self.xml, &self.snapshot_names())
     }
 
     pub fn fingerprint(&self) -> u64 {
-        let names: Vec<String> = self.snapshots.iter().map(|s| s.name.clone()).collect();
-        Self::fingerprint_of(&self.xml, &names, self.current.as_deref())
+        Self::fingerprint_of(&self.xml, &self.snapshot_names(), self.current.as_deref())
+    }
+
+    fn snapshot_names(&self) -> Vec<String> {
+        self.snapshots.iter().map(|s| s.name.clone()).collect()
     }
 
     pub fn snapshot(&self, name: &str) -> Option<&SnapshotModel> {
@@ -100,6 +94,13 @@ impl DomainModel {
         path.reverse();
         Some(path)
     }
+}
+
+fn hash_of(value: &impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]

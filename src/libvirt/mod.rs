@@ -203,31 +203,33 @@ fn on_threads<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<
     })
 }
 
+/// The domain's XML and its snapshots' names: what both fingerprints are made of.
+fn xml_and_snapshot_names(
+    dom: &virt::domain::Domain,
+) -> Result<(String, Vec<String>), virt::error::Error> {
+    let xml = dom.xml_desc(0)?;
+    let mut names = Vec::new();
+    for s in dom.list_all_snapshots(0)? {
+        names.push(s.name()?);
+    }
+    Ok((xml, names))
+}
+
 /// A listed domain's name and layout fingerprint; None when it vanished meanwhile.
 fn layout_fingerprint(
     dom: &virt::domain::Domain,
 ) -> Result<Option<(String, u64)>, virt::error::Error> {
-    let gone = |e: virt::error::Error| match e.code() {
-        virt::enumutil::Enum::Known(virt::error::ErrorNumber::NoDomain) => Ok(None),
-        _ => Err(e),
-    };
     let name = dom.name()?;
-    let xml = match dom.xml_desc(0) {
-        Ok(x) => x,
-        Err(e) => return gone(e),
-    };
-    let snapshots = match dom.list_all_snapshots(0) {
-        Ok(s) => s,
-        Err(e) => return gone(e),
-    };
-    let mut names = Vec::with_capacity(snapshots.len());
-    for s in snapshots {
-        names.push(s.name()?);
+    match xml_and_snapshot_names(dom) {
+        Ok((xml, names)) => Ok(Some((
+            name,
+            DomainModel::layout_fingerprint_of(&xml, &names),
+        ))),
+        Err(e) => match e.code() {
+            virt::enumutil::Enum::Known(virt::error::ErrorNumber::NoDomain) => Ok(None),
+            _ => Err(e),
+        },
     }
-    Ok(Some((
-        name,
-        DomainModel::layout_fingerprint_of(&xml, &names),
-    )))
 }
 
 impl Backend for LibvirtBackend {
@@ -257,11 +259,7 @@ impl Backend for LibvirtBackend {
     fn domain_fingerprint(&self, name: &str) -> Result<Option<u64>, BackendError> {
         let fp = self.with_connection(&format!("checking domain {name}"), |c| {
             let dom = c.lookup_domain_by_name(name)?;
-            let xml = dom.xml_desc(0)?;
-            let mut names = Vec::new();
-            for s in dom.list_all_snapshots(0)? {
-                names.push(s.name()?);
-            }
+            let (xml, names) = xml_and_snapshot_names(&dom)?;
             let current = dom.current_snapshot(0).ok().and_then(|s| s.name().ok());
             Ok(DomainModel::fingerprint_of(
                 &xml,
