@@ -12,9 +12,10 @@
 //! - [`ops`]: the snapshot operations behind mkdir, rename and rmdir.
 //! - [`fuse`]: the thin fuser adapter over [`fs`].
 //! - [`mount`]: command-line mount options, daemonizing and clean unmounting.
-//! - [`sys`]: process-wide libc settings (malloc arenas).
+//! - [`sys`]: the libc calls std does not wrap (malloc arenas, page-cache advice).
 
-// The only unsafe code is the block job FFI in libvirt/blockjob.rs, which allows it.
+// The only unsafe code is FFI: the block job calls in libvirt/blockjob.rs and the libc calls
+// in sys.rs, each of which allows it.
 #![deny(unsafe_code)]
 
 pub mod cache;

@@ -9,6 +9,8 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, OnceLock};
 
 /// A read-only byte store addressed by offset. Implementations must be safe to call from many
 /// threads at once (pread has no shared cursor).
@@ -20,6 +22,36 @@ pub trait ByteSource: Send + Sync {
     /// Bytes of host storage actually allocated (st_blocks * 512 for files).
     fn allocated_bytes(&self) -> io::Result<u64> {
         self.byte_len()
+    }
+    /// Hints that `[offset, offset + len)` will be read soon, so the host can start reading
+    /// it now. Only a hint: it may do nothing.
+    fn prefetch(&self, _offset: u64, _len: u64) {}
+}
+
+/// Hints at most this many ranges ahead of the prefetch thread; more are dropped.
+const PREFETCH_QUEUE: usize = 64;
+
+type PrefetchRange = (Arc<dyn ByteSource>, u64, u64);
+
+/// Passes a [`ByteSource::prefetch`] hint to one background thread, so the reader that gives
+/// it never waits on it: starting host reads can block when the disk's queue is full, and the
+/// reader has its own read to do. Hints that find the queue full are dropped.
+pub fn prefetch_in_background(source: Arc<dyn ByteSource>, offset: u64, len: u64) {
+    static QUEUE: OnceLock<Option<SyncSender<PrefetchRange>>> = OnceLock::new();
+    let queue = QUEUE.get_or_init(|| {
+        let (sender, receiver) = sync_channel::<PrefetchRange>(PREFETCH_QUEUE);
+        std::thread::Builder::new()
+            .name("prefetch".into())
+            .spawn(move || {
+                for (source, offset, len) in receiver {
+                    source.prefetch(offset, len);
+                }
+            })
+            .ok()
+            .map(|_| sender)
+    });
+    if let Some(queue) = queue {
+        let _ = queue.try_send((source, offset, len));
     }
 }
 
@@ -64,6 +96,10 @@ impl ByteSource for FileSource {
     fn allocated_bytes(&self) -> io::Result<u64> {
         use std::os::unix::fs::MetadataExt;
         Ok(self.file.metadata()?.blocks().saturating_mul(512))
+    }
+
+    fn prefetch(&self, offset: u64, len: u64) {
+        crate::sys::advise_will_need(&self.file, offset, len);
     }
 }
 

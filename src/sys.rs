@@ -1,4 +1,4 @@
-//! Process-wide settings that need a libc call.
+//! The libc calls std does not wrap: malloc tuning and page-cache advice.
 
 #![allow(unsafe_code)]
 
@@ -16,5 +16,20 @@ pub fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
+    }
+}
+
+/// Asks the kernel to start reading `[offset, offset + len)` of `file` into the page cache
+/// without waiting for it (POSIX_FADV_WILLNEED). Advice only: a failure changes nothing but
+/// speed, so it is ignored.
+pub fn advise_will_need(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return;
+    };
+    // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is borrowed from
+    // a live File for the duration of the call.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED);
     }
 }
