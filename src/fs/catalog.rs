@@ -135,6 +135,15 @@ impl Catalog {
         self.domains.lock().keys().cloned().collect()
     }
 
+    /// The models loaded so far, as last checked (not checked again now).
+    pub fn loaded_models(&self) -> Vec<Arc<DomainModel>> {
+        self.domains
+            .lock()
+            .values()
+            .filter_map(|c| c.model.clone())
+            .collect()
+    }
+
     /// The domain names as last listed, without asking libvirt.
     pub fn known_names(&self) -> Option<Arc<Vec<String>>> {
         self.names.lock().as_ref().map(|c| c.value.clone())

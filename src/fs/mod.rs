@@ -925,6 +925,7 @@ impl VirtSnapFs {
     ) -> Result<T, FsError> {
         let lock = self.ops.domain_lock(domain);
         let _guard = lock.lock();
+        self.ops.offer_models(self.catalog.loaded_models());
         let before = self
             .catalog
             .fresh(domain)?
