@@ -35,7 +35,8 @@ const WINDOW_CHUNKS: u64 = 16;
 /// Host prefetch: a read at least `PREFETCH_MIN_READ` long that starts within `PREFETCH_SLACK`
 /// of where the previous one ended is sequential (the kernel's readahead requests arrive out
 /// of order across FUSE threads), and the host ranges up to `PREFETCH_AHEAD` past it are
-/// started, at least `PREFETCH_STEP` at a time. Small random reads never prefetch.
+/// started, at least `PREFETCH_STEP` at a time. Small random reads never prefetch, and nor do
+/// two readers of one disk far apart from each other (each breaks the other's sequence).
 const PREFETCH_MIN_READ: u64 = 128 << 10;
 const PREFETCH_SLACK: u64 = 8 << 20;
 const PREFETCH_AHEAD: u64 = 16 << 20;
@@ -251,7 +252,9 @@ impl Chain {
         } else {
             started
         };
-        if target.saturating_sub(from) < PREFETCH_STEP.min(self.size() - end) || target <= from {
+        let wanted = target.saturating_sub(from);
+        // Near the end of the disk the last step may be shorter than PREFETCH_STEP.
+        if wanted == 0 || wanted < PREFETCH_STEP.min(self.size() - end) {
             return;
         }
         // One thread starts each range.
