@@ -98,6 +98,35 @@ fn tree_branches_and_current_link() {
 }
 
 #[test]
+fn snapshots_made_after_loading_appear_under_their_parents() {
+    // Each change below is picked up by a reload that reads only the new snapshot's XML (the
+    // ones already shown are reused), so each must land where libvirt puts it.
+    let (conn, fs) = setup("core-grow");
+    snapshot(&conn, "core-grow", "a");
+    assert_eq!(names(&fs, "core-grow/snapshots"), ["a"]);
+    snapshot(&conn, "core-grow", "b");
+    assert_eq!(
+        names(&fs, "core-grow/snapshots/a"),
+        ["snapshot.xml", "vda.raw", "b"]
+    );
+    let dom = conn.lookup_domain_by_name("core-grow").unwrap();
+    virt::domain::Domain::lookup_snapshot_by_name(&dom, "a", 0)
+        .unwrap()
+        .revert(0)
+        .unwrap();
+    snapshot(&conn, "core-grow", "c");
+    assert_eq!(
+        names(&fs, "core-grow/snapshots/a"),
+        ["snapshot.xml", "vda.raw", "b", "c"]
+    );
+    assert_eq!(
+        fs.readlink(walk(&fs, "core-grow/current").unwrap())
+            .unwrap(),
+        "snapshots/a/c"
+    );
+}
+
+#[test]
 fn deleting_a_parent_moves_children_up_and_keeps_their_inodes() {
     let (conn, fs) = setup("core-delete");
     snapshot(&conn, "core-delete", "a");

@@ -56,6 +56,18 @@ pub trait Backend: Send + Sync {
     fn list_domains(&self) -> Result<Vec<String>, BackendError>;
     /// The domain's model, or None when no such domain exists.
     fn load_domain(&self, name: &str) -> Result<Option<DomainModel>, BackendError>;
+    /// As `load_domain`, but a snapshot `known` already has is taken from it instead of being
+    /// read again, unless one of `known`'s snapshots is gone (deleting a snapshot re-parents
+    /// its children, which changes their XML). For a caller that already trusts `known`'s
+    /// snapshots as unchanged, as the catalog does within its full-reload period.
+    fn load_domain_reusing(
+        &self,
+        name: &str,
+        known: &DomainModel,
+    ) -> Result<Option<DomainModel>, BackendError> {
+        let _ = known;
+        self.load_domain(name)
+    }
     /// `DomainModel::fingerprint` of the domain as it is now, from a few cheap calls (None:
     /// no such domain), so an unchanged domain need not be reloaded.
     fn domain_fingerprint(&self, name: &str) -> Result<Option<u64>, BackendError>;

@@ -106,15 +106,29 @@ impl Catalog {
                 }
             }
         }
-        match self.backend.load_domain(name) {
+        // Within the full-reload period the snapshots already loaded are trusted (as an
+        // unchanged fingerprint is): only new ones are read, and the model keeps the age of
+        // its last full load.
+        let reusable = cached.as_ref().and_then(|(_, age, model)| {
+            let model = model.as_ref()?;
+            (*age < FULL_RELOAD_AFTER).then(|| (*age, model.clone()))
+        });
+        let loaded = match &reusable {
+            Some((_, known)) => self.backend.load_domain_reusing(name, known),
+            None => self.backend.load_domain(name),
+        };
+        match loaded {
             Ok(model) => {
                 let model = model.map(Arc::new);
                 let now = Instant::now();
+                let loaded_at = reusable
+                    .and_then(|(age, _)| now.checked_sub(age))
+                    .unwrap_or(now);
                 self.domains.lock().insert(
                     name.to_string(),
                     CachedDomain {
                         checked: now,
-                        loaded: now,
+                        loaded: loaded_at,
                         model: model.clone(),
                     },
                 );
