@@ -21,6 +21,19 @@ pub struct LibvirtBackend {
 }
 
 impl LibvirtBackend {
+    /// Reads domain `name` (None: no such domain), taking the snapshots `known` has from it.
+    fn load_domain_with(
+        &self,
+        name: &str,
+        known: Option<&DomainModel>,
+    ) -> Result<Option<DomainModel>, BackendError> {
+        match self.with_connection(&format!("reading domain {name}"), |c| load(c, name, known)) {
+            Ok(m) => Ok(Some(m)),
+            Err(LoadError::NoDomain) => Ok(None),
+            Err(LoadError::Backend(e)) => Err(e),
+        }
+    }
+
     /// Connects to `uri` (None: libvirt's default, LIBVIRT_DEFAULT_URI or its built-in one).
     /// Fails if the first connection fails, so a mistyped URI is reported at mount time.
     pub fn connect(uri: Option<String>) -> Result<LibvirtBackend, BackendError> {
@@ -271,11 +284,7 @@ impl Backend for LibvirtBackend {
     }
 
     fn load_domain(&self, name: &str) -> Result<Option<DomainModel>, BackendError> {
-        match self.with_connection(&format!("reading domain {name}"), |c| load(c, name, None)) {
-            Ok(m) => Ok(Some(m)),
-            Err(LoadError::NoDomain) => Ok(None),
-            Err(LoadError::Backend(e)) => Err(e),
-        }
+        self.load_domain_with(name, None)
     }
 
     fn load_domain_reusing(
@@ -283,14 +292,7 @@ impl Backend for LibvirtBackend {
         name: &str,
         known: &DomainModel,
     ) -> Result<Option<DomainModel>, BackendError> {
-        let read = self.with_connection(&format!("reading domain {name}"), |c| {
-            load(c, name, Some(known))
-        });
-        match read {
-            Ok(m) => Ok(Some(m)),
-            Err(LoadError::NoDomain) => Ok(None),
-            Err(LoadError::Backend(e)) => Err(e),
-        }
+        self.load_domain_with(name, Some(known))
     }
 
     fn domain_fingerprint(&self, name: &str) -> Result<Option<u64>, BackendError> {
