@@ -27,6 +27,11 @@ pub struct SnapshotModel {
     pub disks: Vec<DiskModel>,
 }
 
+/// How long snapshot XML read from libvirt is trusted unchanged while the domain's XML and
+/// snapshot names are: a snapshot's metadata redefined in place under the same name changes
+/// neither, so models are read again in full at least this often.
+pub const SNAPSHOT_XML_TRUSTED_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainModel {
     pub name: String,
@@ -35,6 +40,8 @@ pub struct DomainModel {
     pub disks: Vec<DiskModel>,
     pub snapshots: Vec<SnapshotModel>,
     pub current: Option<String>,
+    /// When the oldest snapshot XML in this model was read from libvirt.
+    pub snapshots_read_at: std::time::Instant,
 }
 
 impl DomainModel {
@@ -55,6 +62,12 @@ impl DomainModel {
 
     pub fn layout_fingerprint(&self) -> u64 {
         Self::layout_fingerprint_of(&self.xml, &self.snapshot_names())
+    }
+
+    /// Whether every snapshot XML in this model is recent enough to trust unchanged (see
+    /// `SNAPSHOT_XML_TRUSTED_FOR`).
+    pub fn snapshots_trusted(&self) -> bool {
+        self.snapshots_read_at.elapsed() < SNAPSHOT_XML_TRUSTED_FOR
     }
 
     pub fn fingerprint(&self) -> u64 {

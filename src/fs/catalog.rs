@@ -35,7 +35,7 @@ struct CachedDomain {
 
 /// An unchanged fingerprint is trusted for this long; then the model is reloaded in full
 /// anyway (a snapshot's XML edited in place does not change the fingerprint).
-const FULL_RELOAD_AFTER: Duration = Duration::from_secs(30);
+const FULL_RELOAD_AFTER: Duration = crate::model::SNAPSHOT_XML_TRUSTED_FOR;
 
 pub struct Catalog {
     backend: Arc<dyn Backend>,
@@ -107,28 +107,25 @@ impl Catalog {
             }
         }
         // Within the full-reload period the snapshots already loaded are trusted (as an
-        // unchanged fingerprint is): only new ones are read, and the model keeps the age of
-        // its last full load.
+        // unchanged fingerprint is): only new ones are read, and the model keeps the time of
+        // its last full read.
         let reusable = cached.as_ref().and_then(|(_, age, model)| {
             let model = model.as_ref()?;
-            (*age < FULL_RELOAD_AFTER).then(|| (*age, model.clone()))
+            (*age < FULL_RELOAD_AFTER).then(|| model.clone())
         });
         let loaded = match &reusable {
-            Some((_, known)) => self.backend.load_domain_reusing(name, known),
+            Some(known) => self.backend.load_domain_reusing(name, known),
             None => self.backend.load_domain(name),
         };
         match loaded {
             Ok(model) => {
                 let model = model.map(Arc::new);
                 let now = Instant::now();
-                let loaded_at = reusable
-                    .and_then(|(age, _)| now.checked_sub(age))
-                    .unwrap_or(now);
                 self.domains.lock().insert(
                     name.to_string(),
                     CachedDomain {
                         checked: now,
-                        loaded: loaded_at,
+                        loaded: model.as_ref().map_or(now, |m| m.snapshots_read_at),
                         model: model.clone(),
                     },
                 );

@@ -143,6 +143,7 @@ fn load(
     let xml = dom.xml_desc(0)?;
     let active = dom.is_active()?;
     let mut snapshots = Vec::new();
+    let mut snapshots_read_at = std::time::Instant::now();
     let mut listed = dom.list_all_snapshots(0)?;
     if let Some(known) = known {
         let names = listed
@@ -152,6 +153,7 @@ fn load(
         // A snapshot gone means re-parented children: then every snapshot is read again.
         if known.snapshots.iter().all(|s| names.contains(&s.name)) {
             snapshots.extend(known.snapshots.iter().cloned());
+            snapshots_read_at = known.snapshots_read_at;
             listed.retain(|s| s.name().is_ok_and(|n| known.snapshot(&n).is_none()));
         }
     }
@@ -198,6 +200,7 @@ fn load(
         disks,
         snapshots,
         current,
+        snapshots_read_at,
     })
 }
 

@@ -171,7 +171,8 @@ impl SnapshotOps {
 
     /// Every domain's model as libvirt has it now, as far as which images it reads. A model
     /// seen before is reused when its layout fingerprint (domain XML, snapshot names) is
-    /// unchanged: two calls per domain instead of one per snapshot.
+    /// unchanged and its snapshot XML is recent enough to trust (`SNAPSHOT_XML_TRUSTED_FOR`):
+    /// two calls per domain instead of one per snapshot.
     fn all_models(&self) -> Result<Vec<Arc<DomainModel>>, FsError> {
         let fingerprints = self.backend.layout_fingerprints().map_err(backend_err)?;
         let mut seen = self.seen_models.lock().clone();
@@ -180,7 +181,7 @@ impl SnapshotOps {
         for (name, fingerprint) in fingerprints {
             let reuse = seen
                 .get(&name)
-                .filter(|m| m.layout_fingerprint() == fingerprint)
+                .filter(|m| m.snapshots_trusted() && m.layout_fingerprint() == fingerprint)
                 .cloned();
             let model = match reuse {
                 Some(m) => Some(m),
@@ -207,19 +208,22 @@ impl SnapshotOps {
     /// Offers the scan a model just loaded from libvirt (the one an operation works on), so
     /// it is not loaded again; the scan still uses it only if its fingerprint is current.
     fn remember_model(&self, model: &DomainModel) {
-        self.seen_models
-            .lock()
-            .insert(model.name.clone(), Arc::new(model.clone()));
+        self.offer_models(vec![Arc::new(model.clone())]);
     }
 
-    /// Offers the scan models the filesystem has loaded (to show the tree), for domains the
-    /// scan has no model of yet: the first operation after mounting then loads only the
-    /// domains nobody has looked at. As with any seen model, the scan uses one only while
-    /// its layout fingerprint is current.
+    /// Offers the scan models the filesystem has loaded (to show the tree), kept where the
+    /// scan has no model of that domain or an older one: the first operation after mounting
+    /// then loads only the domains nobody has looked at. As with any seen model, the scan
+    /// uses one only while its layout fingerprint is current and its snapshot XML trusted.
     pub fn offer_models(&self, models: Vec<Arc<DomainModel>>) {
         let mut seen = self.seen_models.lock();
         for m in models {
-            seen.entry(m.name.clone()).or_insert(m);
+            match seen.get(&m.name) {
+                Some(old) if old.snapshots_read_at >= m.snapshots_read_at => {}
+                _ => {
+                    seen.insert(m.name.clone(), m);
+                }
+            }
         }
     }
 
@@ -1378,6 +1382,50 @@ impl MergePlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Operations over libvirt's test:///default driver, whose domain "test" the scan sees.
+    fn test_driver_ops(state: &Path) -> (Arc<dyn Backend>, SnapshotOps) {
+        let backend: Arc<dyn Backend> = Arc::new(
+            crate::libvirt::LibvirtBackend::connect(Some("test:///default".into())).unwrap(),
+        );
+        let options = OpsOptions {
+            state_dir: state.to_path_buf(),
+            ..OpsOptions::default()
+        };
+        let cache = Arc::new(MetadataCache::new(1 << 20));
+        (backend.clone(), SnapshotOps::new(backend, options, cache))
+    }
+
+    fn scanned(ops: &SnapshotOps, domain: &str) -> Arc<DomainModel> {
+        let models = ops.all_models().unwrap();
+        models.into_iter().find(|m| m.name == domain).unwrap()
+    }
+
+    #[test]
+    fn the_scan_reuses_an_offered_model_only_while_its_snapshot_xml_is_trusted() {
+        let state = tempfile::tempdir().unwrap();
+        let (backend, ops) = test_driver_ops(state.path());
+        let fresh = Arc::new(backend.load_domain("test").unwrap().unwrap());
+        ops.offer_models(vec![fresh.clone()]);
+        assert!(Arc::ptr_eq(&scanned(&ops, "test"), &fresh));
+
+        // The same model, read longer ago than SNAPSHOT_XML_TRUSTED_FOR: read again.
+        let (_, ops) = test_driver_ops(state.path());
+        let read_at = std::time::Instant::now()
+            .checked_sub(crate::model::SNAPSHOT_XML_TRUSTED_FOR + std::time::Duration::from_secs(1))
+            .unwrap();
+        let old = Arc::new(DomainModel {
+            snapshots_read_at: read_at,
+            ..(*fresh).clone()
+        });
+        ops.offer_models(vec![old.clone()]);
+        let rescanned = scanned(&ops, "test");
+        assert!(!Arc::ptr_eq(&rescanned, &old));
+        assert!(rescanned.snapshots_trusted());
+        // An older model offered later does not replace the newer one seen.
+        ops.offer_models(vec![old.clone()]);
+        assert!(!Arc::ptr_eq(&scanned(&ops, "test"), &old));
+    }
 
     #[test]
     fn plans_round_trip_through_their_intent_records() {
