@@ -208,21 +208,25 @@ impl SnapshotOps {
     /// Offers the scan a model just loaded from libvirt (the one an operation works on), so
     /// it is not loaded again; the scan still uses it only if its fingerprint is current.
     fn remember_model(&self, model: &DomainModel) {
-        self.offer_models(vec![Arc::new(model.clone())]);
+        self.seen_models
+            .lock()
+            .insert(model.name.clone(), Arc::new(model.clone()));
     }
 
-    /// Offers the scan models the filesystem has loaded (to show the tree), kept where the
-    /// scan has no model of that domain or an older one: the first operation after mounting
-    /// then loads only the domains nobody has looked at. As with any seen model, the scan
-    /// uses one only while its layout fingerprint is current and its snapshot XML trusted.
+    /// Offers the scan models the filesystem has loaded (to show the tree): the first
+    /// operation after mounting then loads only the domains nobody has looked at. One whose
+    /// snapshot XML is no longer trusted is not taken; one that differs from the model the
+    /// scan has is, as the tree's models are checked against libvirt every refresh interval
+    /// and the scan's only at operations. As with any seen model, the scan uses one only
+    /// while its layout fingerprint is current and its snapshot XML trusted.
     pub fn offer_models(&self, models: Vec<Arc<DomainModel>>) {
         let mut seen = self.seen_models.lock();
-        for m in models {
-            match seen.get(&m.name) {
-                Some(old) if old.snapshots_read_at >= m.snapshots_read_at => {}
-                _ => {
-                    seen.insert(m.name.clone(), m);
-                }
+        for m in models.into_iter().filter(|m| m.snapshots_trusted()) {
+            let keep_seen = seen.get(&m.name).is_some_and(|old| {
+                old.snapshots_trusted() && old.layout_fingerprint() == m.layout_fingerprint()
+            });
+            if !keep_seen {
+                seen.insert(m.name.clone(), m);
             }
         }
     }
@@ -1422,7 +1426,7 @@ mod tests {
         let rescanned = scanned(&ops, "test");
         assert!(!Arc::ptr_eq(&rescanned, &old));
         assert!(rescanned.snapshots_trusted());
-        // An older model offered later does not replace the newer one seen.
+        // A model no longer trusted is not taken when offered again.
         ops.offer_models(vec![old.clone()]);
         assert!(!Arc::ptr_eq(&scanned(&ops, "test"), &old));
     }
