@@ -191,22 +191,15 @@ impl Chain {
         let mut chunk_index = offset >> CHUNK_BITS;
         loop {
             let chunk = self.chunk(chunk_index)?;
-            for extent in chunk.iter() {
-                let start = extent.guest_offset.max(offset);
-                let stop = extent.end().min(end);
-                if start >= stop {
-                    continue;
-                }
-                let at = (start - offset) as usize;
-                let part_len = (stop - start) as usize;
-                let skip = start - extent.guest_offset;
-                match extent.source {
+            for part in chunk.iter().filter_map(|e| e.clipped(offset, end)) {
+                let at = (part.guest_offset - offset) as usize;
+                let part_len = part.len as usize;
+                match part.source {
                     ExtentSource::Zero => buf[at..at + part_len].fill(0),
                     ExtentSource::Data { layer, host_offset } => {
-                        let host = host_offset + skip;
-                        if !pending.extend(layer, host, at, part_len) {
+                        if !pending.extend(layer, host_offset, at, part_len) {
                             self.flush(&mut pending, buf)?;
-                            pending = PendingRead::start(layer, host, at, part_len);
+                            pending = PendingRead::start(layer, host_offset, at, part_len);
                         }
                     }
                     ExtentSource::Compressed {
@@ -222,7 +215,7 @@ impl Chain {
                         let cluster = image
                             .compressed_cluster(&self.cache, host_offset, compressed_len)
                             .map_err(|e| ImageError::from_read(&l.path, e))?;
-                        let from = (offset_in_cluster + skip) as usize;
+                        let from = offset_in_cluster as usize;
                         buf[at..at + part_len].copy_from_slice(&cluster[from..from + part_len]);
                     }
                 }
