@@ -205,7 +205,7 @@ pub fn chain_layers(spec: &ChainSpec, cache: &Arc<MetadataCache>) -> Result<Laye
 /// needs, nothing may be rewritten.
 pub fn all_chains(
     models: &[Arc<DomainModel>],
-    layers: &dyn Fn(&ChainSpec, bool) -> Result<Layers, String>,
+    layers: &dyn Fn(&ChainSpec) -> Result<Layers, String>,
 ) -> Result<Vec<ChainUse>, FsError> {
     let mut out = Vec::new();
     let mut add = |domain: &str,
@@ -213,7 +213,7 @@ pub fn all_chains(
                    target: &str,
                    spec: &ChainSpec|
      -> Result<(), FsError> {
-        let (paths, formats) = layers(spec, snapshot.is_some()).map_err(|e| {
+        let (paths, formats) = layers(spec).map_err(|e| {
             fs_err!(
                 Busy,
                 "refused: cannot tell which images the {} of domain {domain} (disk {target}) reads ({e}), so cannot prove that nothing else needs the images this operation changes; repair or remove that disk, then retry",

@@ -249,7 +249,7 @@ impl SnapshotOps {
                 })
                 .collect()
         };
-        let layers = |spec: &crate::image::ChainSpec, _is_snapshot: bool| {
+        let layers = |spec: &crate::image::ChainSpec| {
             if let Some(stated) = images::stated_layers(spec) {
                 return Ok(stated);
             }
