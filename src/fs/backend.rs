@@ -59,7 +59,7 @@ pub trait Backend: Send + Sync {
     /// As `load_domain`, but a snapshot `known` already has is taken from it instead of being
     /// read again, unless one of `known`'s snapshots is gone (deleting a snapshot re-parents
     /// its children, which changes their XML). For a caller that already trusts `known`'s
-    /// snapshots as unchanged, as the catalog does within its full-reload period.
+    /// snapshots as unchanged, as the catalog does while `DomainModel::snapshots_trusted`.
     fn load_domain_reusing(
         &self,
         name: &str,

@@ -26,16 +26,12 @@ struct Cached<T> {
     value: T,
 }
 
-/// A domain's model, when it was last checked, and when it was last loaded in full.
+/// A domain's model and when it was last checked against libvirt. When its snapshot XML was
+/// last read in full is the model's own `snapshots_read_at`.
 struct CachedDomain {
     checked: Instant,
-    loaded: Instant,
     model: Option<Arc<DomainModel>>,
 }
-
-/// An unchanged fingerprint is trusted for this long; then the model is reloaded in full
-/// anyway (a snapshot's XML edited in place does not change the fingerprint).
-const FULL_RELOAD_AFTER: Duration = crate::model::SNAPSHOT_XML_TRUSTED_FOR;
 
 pub struct Catalog {
     backend: Arc<dyn Backend>,
@@ -83,18 +79,23 @@ impl Catalog {
 
     /// The model of domain `name`, or None if there is no such domain. Older than the
     /// refresh interval, it is checked against libvirt with a cheap fingerprint and reloaded
-    /// only when that changed (or after FULL_RELOAD_AFTER).
+    /// only when that changed, or in full once its snapshot XML is no longer trusted (a
+    /// snapshot's XML edited in place does not change the fingerprint; see
+    /// `SNAPSHOT_XML_TRUSTED_FOR`).
     pub fn domain(&self, name: &str) -> Result<Option<Arc<DomainModel>>, FsError> {
         let cached = self
             .domains
             .lock()
             .get(name)
-            .map(|c| (c.checked.elapsed(), c.loaded.elapsed(), c.model.clone()));
-        if let Some((checked, loaded, model)) = &cached {
+            .map(|c| (c.checked.elapsed(), c.model.clone()));
+        // A domain known not to exist has no snapshot XML to distrust.
+        let trusted =
+            |model: &Option<Arc<DomainModel>>| model.as_ref().is_none_or(|m| m.snapshots_trusted());
+        if let Some((checked, model)) = &cached {
             if *checked < self.refresh {
                 return Ok(model.clone());
             }
-            if *loaded < FULL_RELOAD_AFTER {
+            if trusted(model) {
                 let current = model.as_ref().map(|m| m.fingerprint());
                 if let Ok(fp) = self.backend.domain_fingerprint(name) {
                     if fp == current {
@@ -106,13 +107,12 @@ impl Catalog {
                 }
             }
         }
-        // Within the full-reload period the snapshots already loaded are trusted (as an
-        // unchanged fingerprint is): only new ones are read, and the model keeps the time of
-        // its last full read.
-        let reusable = cached.as_ref().and_then(|(_, age, model)| {
-            let model = model.as_ref()?;
-            (*age < FULL_RELOAD_AFTER).then(|| model.clone())
-        });
+        // While trusted, the snapshots already loaded are kept (as an unchanged fingerprint
+        // is): only new ones are read, and the model keeps the time of its last full read.
+        let reusable = cached
+            .as_ref()
+            .filter(|(_, model)| trusted(model))
+            .and_then(|(_, model)| model.clone());
         let loaded = match &reusable {
             Some(known) => self.backend.load_domain_reusing(name, known),
             None => self.backend.load_domain(name),
@@ -125,14 +125,13 @@ impl Catalog {
                     name.to_string(),
                     CachedDomain {
                         checked: now,
-                        loaded: model.as_ref().map_or(now, |m| m.snapshots_read_at),
                         model: model.clone(),
                     },
                 );
                 Ok(model)
             }
             Err(e) => match cached {
-                Some((_, _, model)) => {
+                Some((_, model)) => {
                     warn!("{e}; showing domain {name} as last seen");
                     Ok(model)
                 }
