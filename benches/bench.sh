@@ -67,18 +67,17 @@ PY
   cmds=()
   for i in $(seq 0 15); do cmds+=(-c "write -s $W/pattern $((i * 64))M 64M"); done
   qemu-io -f qcow2 "${cmds[@]}" "$W/base.qcow2" >/dev/null
-  prev=$W/base.qcow2
-  for i in $(seq 1 8); do
-    qemu-img create -q -f qcow2 -F qcow2 -b "$prev" "$W/c8-$i.qcow2"
-    qemu-io -f qcow2 -c "write -s $W/pattern $(((i * 97) % 960))M 32M" "$W/c8-$i.qcow2" >/dev/null
-    prev=$W/c8-$i.qcow2
-  done
-  prev=$W/base.qcow2
-  for i in $(seq 1 64); do
-    qemu-img create -q -f qcow2 -F qcow2 -b "$prev" "$W/c64-$i.qcow2"
-    qemu-io -f qcow2 -c "write -s $W/pattern $(((i * 13) % 1000))M 4M" "$W/c64-$i.qcow2" >/dev/null
-    prev=$W/c64-$i.qcow2
-  done
+  # Overlay i of chain NAME on the base holds SIZE MiB at ((i * STRIDE) % WRAP) MiB.
+  chain() { # name depth size-MiB stride-MiB wrap-MiB
+    local prev=$W/base.qcow2 i
+    for i in $(seq 1 "$2"); do
+      qemu-img create -q -f qcow2 -F qcow2 -b "$prev" "$W/$1-$i.qcow2"
+      qemu-io -f qcow2 -c "write -s $W/pattern $(((i * $4) % $5))M $3M" "$W/$1-$i.qcow2" >/dev/null
+      prev=$W/$1-$i.qcow2
+    done
+  }
+  chain c8 8 32 97 960
+  chain c64 64 4 13 1000
   qemu-img convert -O qcow2 "$W/c64-64.qcow2" "$W/flat.qcow2"
   qemu-img convert -c -O qcow2 "$W/c8-8.qcow2" "$W/comp.qcow2"
   qemu-img convert -O raw "$W/c8-8.qcow2" "$W/c8.raw"
