@@ -40,6 +40,16 @@ fn snapshot(conn: &Connect, domain: &str, name: &str) {
     .unwrap();
 }
 
+/// libvirt's snapshot `name` of `domain`, to revert to or delete.
+fn existing_snapshot(
+    conn: &Connect,
+    domain: &str,
+    name: &str,
+) -> virt::domain_snapshot::DomainSnapshot {
+    let dom = conn.lookup_domain_by_name(domain).unwrap();
+    virt::domain::Domain::lookup_snapshot_by_name(&dom, name, 0).unwrap()
+}
+
 fn walk(fs: &VirtSnapFs, path: &str) -> Result<u64, ErrorKind> {
     let mut ino = fs.root_ino();
     for part in path.split('/').filter(|p| !p.is_empty()) {
@@ -63,9 +73,7 @@ fn tree_branches_and_current_link() {
     let (conn, fs) = setup("core-tree");
     snapshot(&conn, "core-tree", "a");
     snapshot(&conn, "core-tree", "b");
-    let dom = conn.lookup_domain_by_name("core-tree").unwrap();
-    virt::domain::Domain::lookup_snapshot_by_name(&dom, "a", 0)
-        .unwrap()
+    existing_snapshot(&conn, "core-tree", "a")
         .revert(0)
         .unwrap();
     snapshot(&conn, "core-tree", "c");
@@ -109,9 +117,7 @@ fn snapshots_made_after_loading_appear_under_their_parents() {
         names(&fs, "core-grow/snapshots/a"),
         ["snapshot.xml", "vda.raw", "b"]
     );
-    let dom = conn.lookup_domain_by_name("core-grow").unwrap();
-    virt::domain::Domain::lookup_snapshot_by_name(&dom, "a", 0)
-        .unwrap()
+    existing_snapshot(&conn, "core-grow", "a")
         .revert(0)
         .unwrap();
     snapshot(&conn, "core-grow", "c");
@@ -132,9 +138,7 @@ fn deleting_a_parent_moves_children_up_and_keeps_their_inodes() {
     snapshot(&conn, "core-delete", "a");
     snapshot(&conn, "core-delete", "b");
     let b_before = walk(&fs, "core-delete/snapshots/a/b").unwrap();
-    let dom = conn.lookup_domain_by_name("core-delete").unwrap();
-    virt::domain::Domain::lookup_snapshot_by_name(&dom, "a", 0)
-        .unwrap()
+    existing_snapshot(&conn, "core-delete", "a")
         .delete(0)
         .unwrap();
     assert_eq!(names(&fs, "core-delete/snapshots"), ["b"]);
@@ -231,14 +235,11 @@ fn several_roots_after_deleting_a_root_with_two_children() {
     let (conn, fs) = setup("core-roots");
     snapshot(&conn, "core-roots", "a");
     snapshot(&conn, "core-roots", "b");
-    let dom = conn.lookup_domain_by_name("core-roots").unwrap();
-    virt::domain::Domain::lookup_snapshot_by_name(&dom, "a", 0)
-        .unwrap()
+    existing_snapshot(&conn, "core-roots", "a")
         .revert(0)
         .unwrap();
     snapshot(&conn, "core-roots", "c");
-    virt::domain::Domain::lookup_snapshot_by_name(&dom, "a", 0)
-        .unwrap()
+    existing_snapshot(&conn, "core-roots", "a")
         .delete(0)
         .unwrap();
     let mut roots = names(&fs, "core-roots/snapshots");
