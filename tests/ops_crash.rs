@@ -44,9 +44,9 @@ fn unused_images(dom: &TestDomain) -> Vec<PathBuf> {
     let backend = virtsnapfs::libvirt::LibvirtBackend::connect(Some(URI.into())).unwrap();
     let model = Arc::new(backend.load_domain(&dom.name).unwrap().unwrap());
     let cache = Arc::new(virtsnapfs::cache::MetadataCache::new(8 << 20));
-    let layers =
-        |spec: &virtsnapfs::image::ChainSpec| virtsnapfs::ops::images::chain_layers(spec, &cache);
-    let chains = virtsnapfs::ops::images::all_chains(&[model], &layers).unwrap();
+    let mut layers =
+        |spec: &virtsnapfs::image::ChainSpec| virtsnapfs::ops::scan::chain_layers(spec, &cache);
+    let chains = virtsnapfs::ops::scan::domain_chains(&model, &mut layers).unwrap();
     let used: BTreeSet<PathBuf> = chains.iter().flat_map(|c| c.layers.clone()).collect();
     std::fs::read_dir(&dom.dir)
         .unwrap()

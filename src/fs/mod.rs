@@ -33,6 +33,7 @@ use crate::cache::MetadataCache;
 use crate::fs_err;
 use crate::image::{open_chain, Chain, ChainSpec};
 use crate::model::{DiskModel, DomainModel};
+use crate::ops::scan::LayoutFetch;
 use crate::ops::{OpsOptions, SnapshotOps};
 use backend::Backend;
 use catalog::Catalog;
@@ -915,22 +916,26 @@ impl VirtSnapFs {
     /// kernel forget everything the operation may have changed in that domain's tree. An
     /// operation of `TreeShape::Changed` may add, remove or move entries, so the entries of
     /// the domain's new model are forgotten too; that model is loaded right away, while a
-    /// `TreeShape::Kept` operation (a revert) leaves loading it to the next lookup.
+    /// `TreeShape::Kept` operation (a revert) leaves loading it to the next lookup. For an
+    /// operation that `scans_first`, the dependency scan's fetch starts alongside the
+    /// reload of the domain, and `op` gets it.
     fn operate<T>(
         &self,
         domain: &str,
         extra: Vec<(u64, OsString)>,
         shape: TreeShape,
-        op: impl FnOnce(&DomainModel) -> Result<T, FsError>,
+        scans_first: bool,
+        op: impl FnOnce(&DomainModel, Option<LayoutFetch>) -> Result<T, FsError>,
     ) -> Result<T, FsError> {
         let lock = self.ops.domain_lock(domain);
         let _guard = lock.lock();
+        let fetch = scans_first.then(|| self.ops.start_scan());
         self.ops.offer_models(self.catalog.loaded_models());
         let before = self
             .catalog
             .fresh(domain)?
             .ok_or_else(|| fs_err!(NotFound, "no domain {domain}"))?;
-        let result = op(&before);
+        let result = op(&before, fetch);
         self.forget_served(domain);
         self.catalog.invalidate(domain);
         let mut entries = self.cached_entries(&before);
@@ -1002,7 +1007,8 @@ impl VirtSnapFs {
             &domain,
             vec![(parent, name.to_os_string())],
             TreeShape::Changed,
-            |m| self.ops.create(m, &snapshot),
+            false,
+            |m, _| self.ops.create(m, &snapshot),
         )?;
         self.attr_of(&NodeKey::Snapshot(domain, snapshot))
     }
@@ -1040,20 +1046,18 @@ impl VirtSnapFs {
             (parent, name.to_os_string()),
             (new_parent, new_name.to_os_string()),
         ];
+        let revert = |extra| {
+            let scans_first = SnapshotOps::revert_scans_first(&model, &snapshot);
+            self.operate(&domain, extra, TreeShape::Kept, scans_first, |m, fetch| {
+                self.ops.revert(m, &snapshot, fetch)
+            })
+        };
         match &to {
-            NodeKey::Live(d) if *d == domain => {
-                self.operate(&domain, extra, TreeShape::Kept, |m| {
-                    self.ops.revert(m, &snapshot)
-                })
-            }
-            NodeKey::Domain(d) if *d == domain && new == LIVE_DIR => {
-                self.operate(&domain, extra, TreeShape::Kept, |m| {
-                    self.ops.revert(m, &snapshot)
-                })
-            }
+            NodeKey::Live(d) if *d == domain => revert(extra),
+            NodeKey::Domain(d) if *d == domain && new == LIVE_DIR => revert(extra),
             _ if to == from => {
                 let new_snapshot = Self::decode_name(new_name)?;
-                self.operate(&domain, extra, TreeShape::Changed, |m| {
+                self.operate(&domain, extra, TreeShape::Changed, false, |m, _| {
                     self.ops.rename(m, &snapshot, &new_snapshot)?;
                     self.inodes.rename_snapshot(&domain, &snapshot, &new_snapshot);
                     Ok(())
@@ -1092,7 +1096,8 @@ impl VirtSnapFs {
             &domain,
             vec![(parent, name.to_os_string())],
             TreeShape::Changed,
-            |m| self.ops.delete(m, &snapshot),
+            SnapshotOps::delete_scans_first(&model, &snapshot),
+            |m, fetch| self.ops.delete(m, &snapshot, fetch),
         )
     }
 

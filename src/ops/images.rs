@@ -1,8 +1,7 @@
 //! Offline image steps of the snapshot operations, run with QEMU's own `qemu-img` (the same
-//! tool libvirt uses for inactive domains), and the dependency scan that decides whether an
-//! image may be rewritten or removed.
+//! tool libvirt uses for inactive domains), and the facts about image files they and the
+//! dependency scan (`super::scan`) need.
 
-use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -11,7 +10,6 @@ use crate::cache::MetadataCache;
 use crate::fs::FsError;
 use crate::fs_err;
 use crate::image::{open_chain, ChainSpec, Format};
-use crate::model::DomainModel;
 
 fn qemu_img(args: &[&str]) -> Result<(), FsError> {
     let out = Command::new("qemu-img")
@@ -111,46 +109,9 @@ pub fn is_revert_overlay(path: &Path) -> bool {
     })
 }
 
-/// One opened chain of a domain: whose it is, and its layers top first (canonical paths).
-#[derive(Debug, Clone)]
-pub struct ChainUse {
-    pub domain: String,
-    /// None for the live disk.
-    pub snapshot: Option<String>,
-    pub target: String,
-    pub layers: Vec<PathBuf>,
-    pub formats: Vec<Format>,
-    /// True when the top layer is read at an internal snapshot (its active state is not read).
-    pub reads_internal_snapshot: bool,
-}
-
-impl ChainUse {
-    /// Images whose current (active) contents this chain reads.
-    pub fn active_images(&self) -> &[PathBuf] {
-        if self.reads_internal_snapshot {
-            self.layers.get(1..).unwrap_or(&[])
-        } else {
-            &self.layers
-        }
-    }
-
-    pub fn who(&self) -> String {
-        match &self.snapshot {
-            Some(s) => format!(
-                "snapshot {s} of domain {} (disk {})",
-                self.domain, self.target
-            ),
-            None => format!("the live disk {} of domain {}", self.target, self.domain),
-        }
-    }
-}
-
 pub fn canonical(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
-
-/// The layers (canonical paths, top first) and formats of the chain `spec` describes.
-pub type Layers = (Vec<PathBuf>, Vec<Format>);
 
 /// Modification time and size of a file, or None for a file that cannot be stat'ed.
 pub type FileStamp = Option<(std::time::SystemTime, u64)>;
@@ -165,95 +126,6 @@ pub fn file_stamp(path: &Path) -> FileStamp {
     std::fs::metadata(path)
         .ok()
         .and_then(|m| Some((m.modified().ok()?, m.len())))
-}
-
-/// The layers of a chain libvirt states in full (`<backingStore>` down to its end), without
-/// opening any image. None when a format is not stated (it would have to be probed).
-pub fn stated_layers(spec: &ChainSpec) -> Option<Layers> {
-    let crate::image::open::Backing::Explicit(below) = &spec.backing else {
-        return None;
-    };
-    let mut paths = vec![canonical(&spec.top.path)];
-    let mut formats = vec![spec.top.format?];
-    for layer in below {
-        paths.push(canonical(&layer.path));
-        formats.push(layer.format?);
-    }
-    Some((paths, formats))
-}
-
-/// Opens `spec` and lists its layers. A chain whose top image does not exist reads nothing
-/// (its disk cannot be read at all), so it needs no image: no layers. A missing backing file or
-/// a broken image is an error: what such a chain would read is unknown.
-pub fn chain_layers(spec: &ChainSpec, cache: &Arc<MetadataCache>) -> Result<Layers, String> {
-    if !spec.top.path.exists() {
-        log::info!(
-            "{} does not exist: its chain reads no image",
-            spec.top.path.display()
-        );
-        return Ok((Vec::new(), Vec::new()));
-    }
-    let chain = open_chain(spec, cache.clone()).map_err(|e| e.to_string())?;
-    Ok((
-        chain.layers().iter().map(|l| canonical(&l.path)).collect(),
-        chain.layers().iter().map(|l| l.format).collect(),
-    ))
-}
-
-/// Every chain of every domain: live disks and all snapshots' disks, their layers found by
-/// `layers`. A chain that cannot be opened makes the scan fail: without knowing what it
-/// needs, nothing may be rewritten.
-pub fn all_chains(
-    models: &[Arc<DomainModel>],
-    layers: &dyn Fn(&ChainSpec) -> Result<Layers, String>,
-) -> Result<Vec<ChainUse>, FsError> {
-    let mut out = Vec::new();
-    let mut add = |domain: &str,
-                   snapshot: Option<&str>,
-                   target: &str,
-                   spec: &ChainSpec|
-     -> Result<(), FsError> {
-        let (paths, formats) = layers(spec).map_err(|e| {
-            fs_err!(
-                Busy,
-                "refused: cannot tell which images the {} of domain {domain} (disk {target}) reads ({e}), so cannot prove that nothing else needs the images this operation changes; repair or remove that disk, then retry",
-                snapshot.map_or("live disk".to_string(), |s| format!("snapshot {s}"))
-            )
-        })?;
-        out.push(ChainUse {
-            domain: domain.to_string(),
-            snapshot: snapshot.map(str::to_string),
-            target: target.to_string(),
-            layers: paths,
-            formats,
-            reads_internal_snapshot: spec.snapshot.is_some(),
-        });
-        Ok(())
-    };
-    for m in models {
-        for d in &m.disks {
-            add(&m.name, None, &d.target, &d.chain)?;
-        }
-        for s in &m.snapshots {
-            for d in &s.disks {
-                add(&m.name, Some(&s.name), &d.target, &d.chain)?;
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// For each image, the images directly above it in some chain.
-pub fn dependents(chains: &[ChainUse]) -> HashMap<PathBuf, BTreeSet<PathBuf>> {
-    let mut map: HashMap<PathBuf, BTreeSet<PathBuf>> = HashMap::new();
-    for c in chains {
-        for pair in c.layers.windows(2) {
-            map.entry(pair[1].clone())
-                .or_default()
-                .insert(pair[0].clone());
-        }
-    }
-    map
 }
 
 /// Whether the qcow2 image at `path` holds internal snapshots.

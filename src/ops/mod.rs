@@ -13,6 +13,7 @@
 
 pub mod images;
 pub mod journal;
+pub mod scan;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -28,7 +29,7 @@ use crate::fs_err;
 use crate::image::Format;
 use crate::libvirt::edit;
 use crate::model::{DomainModel, SnapshotModel};
-use images::ChainUse;
+use scan::{Chains, DependencyScan, LayoutFetch};
 
 /// Which kind of snapshot mkdir creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,20 +73,10 @@ pub struct SnapshotOps {
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// What each domain's running operation is doing, for DOMAIN/status.
     status: Mutex<HashMap<String, String>>,
-    /// Models seen by the last dependency scan, reused while their fingerprint holds.
-    seen_models: Mutex<HashMap<String, Arc<DomainModel>>>,
-    /// Layers of chains seen by dependency scans, with their files' stamp.
-    seen_layers: Mutex<HashMap<crate::image::ChainSpec, SeenLayers>>,
+    scan: DependencyScan,
 }
 
-/// When a chain's layers were read, their files' stamp, and the layers.
-type SeenLayers = (std::time::Instant, Vec<images::FileStamp>, images::Layers);
-
-/// How long a snapshot chain's layers seen by a dependency scan are trusted (our own
-/// operations forget them at once; this bounds trust in images changed by other tools).
-const SNAPSHOT_LAYERS_KEPT: std::time::Duration = std::time::Duration::from_secs(30);
-
-fn backend_err(e: BackendError) -> FsError {
+pub(crate) fn backend_err(e: BackendError) -> FsError {
     let kind = match e.kind {
         BackendErrorKind::Failed => crate::fs::ErrorKind::Io,
         BackendErrorKind::Invalid => crate::fs::ErrorKind::InvalidArgument,
@@ -120,14 +111,13 @@ impl SnapshotOps {
         cache: Arc<MetadataCache>,
     ) -> SnapshotOps {
         SnapshotOps {
+            scan: DependencyScan::new(backend.clone(), cache.clone()),
             backend,
             journal: journal::Journal::new(&options.state_dir),
             options,
             cache,
             locks: Mutex::new(HashMap::new()),
             status: Mutex::new(HashMap::new()),
-            seen_models: Mutex::new(HashMap::new()),
-            seen_layers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -169,143 +159,10 @@ impl SnapshotOps {
             .ok_or_else(|| fs_err!(NotFound, "no domain {domain}"))
     }
 
-    /// Every domain's model as libvirt has it now, as far as which images it reads. A model
-    /// seen before is reused when its layout fingerprint (domain XML, snapshot names) is
-    /// unchanged and its snapshot XML is recent enough to trust (`SNAPSHOT_XML_TRUSTED_FOR`):
-    /// two calls per domain instead of one per snapshot.
-    fn all_models(&self) -> Result<Vec<Arc<DomainModel>>, FsError> {
-        let fingerprints = self.backend.layout_fingerprints().map_err(backend_err)?;
-        let mut seen = self.seen_models.lock().clone();
-        seen.retain(|name, _| fingerprints.iter().any(|(n, _)| n == name));
-        let mut out = Vec::with_capacity(fingerprints.len());
-        for (name, fingerprint) in fingerprints {
-            let reuse = seen
-                .get(&name)
-                .filter(|m| m.snapshots_trusted() && m.layout_fingerprint() == fingerprint)
-                .cloned();
-            let model = match reuse {
-                Some(m) => Some(m),
-                None => self
-                    .backend
-                    .load_domain(&name)
-                    .map_err(backend_err)?
-                    .map(Arc::new),
-            };
-            match model {
-                Some(m) => {
-                    seen.insert(name, m.clone());
-                    out.push(m);
-                }
-                None => {
-                    seen.remove(&name);
-                }
-            }
-        }
-        *self.seen_models.lock() = seen;
-        Ok(out)
-    }
-
-    /// Offers the scan a model just loaded from libvirt (the one an operation works on), so
-    /// it is not loaded again; the scan still uses it only if its fingerprint is current.
-    fn remember_model(&self, model: &DomainModel) {
-        self.seen_models
-            .lock()
-            .insert(model.name.clone(), Arc::new(model.clone()));
-    }
-
-    /// Offers the scan models the filesystem has loaded (to show the tree): the first
-    /// operation after mounting then loads only the domains nobody has looked at. One whose
-    /// snapshot XML is no longer trusted is not taken; one that differs from the model the
-    /// scan has is, as the tree's models are checked against libvirt every refresh interval
-    /// and the scan's only at operations. As with any seen model, the scan uses one only
-    /// while its layout fingerprint is current and its snapshot XML trusted.
+    /// Offers the dependency scan models the filesystem has loaded (see
+    /// `DependencyScan::offer`).
     pub fn offer_models(&self, models: Vec<Arc<DomainModel>>) {
-        let mut seen = self.seen_models.lock();
-        for m in models.into_iter().filter(|m| m.snapshots_trusted()) {
-            let keep_seen = seen.get(&m.name).is_some_and(|old| {
-                old.snapshots_trusted() && old.layout_fingerprint() == m.layout_fingerprint()
-            });
-            if !keep_seen {
-                seen.insert(m.name.clone(), m);
-            }
-        }
-    }
-
-    /// Every chain of every domain. A chain libvirt states in full (a running domain's) is
-    /// taken as stated; another is read from the images once and remembered while none of
-    /// its files changed (mtime and size) and for at most SNAPSHOT_LAYERS_KEPT; merges,
-    /// which re-point images, forget them all.
-    fn all_chains(&self) -> Result<Vec<ChainUse>, FsError> {
-        // Many chains share images (every internal snapshot of a disk is in the same file):
-        // each file is stat'ed once per scan.
-        let stamps = std::cell::RefCell::new(HashMap::new());
-        let stamps_of = |paths: &[PathBuf]| -> Vec<images::FileStamp> {
-            let mut known = stamps.borrow_mut();
-            paths
-                .iter()
-                .map(|p| match known.get(p) {
-                    Some(stamp) => *stamp,
-                    None => *known.entry(p.clone()).or_insert(images::file_stamp(p)),
-                })
-                .collect()
-        };
-        let layers = |spec: &crate::image::ChainSpec| {
-            if let Some(stated) = images::stated_layers(spec) {
-                return Ok(stated);
-            }
-            // Every internal snapshot of an image has that image's backing chain, so the
-            // layers are found once per image, not once per snapshot. An internal snapshot
-            // the image lacks is read as nothing; counting the image's layers for it only
-            // adds dependencies.
-            let image_spec = crate::image::ChainSpec {
-                snapshot: None,
-                ..spec.clone()
-            };
-            if let Some((at, stamp, l)) = self.seen_layers.lock().get(&image_spec) {
-                if at.elapsed() < SNAPSHOT_LAYERS_KEPT && stamps_of(&l.0) == *stamp {
-                    return Ok(l.clone());
-                }
-            }
-            let l = images::chain_layers(&image_spec, &self.cache)?;
-            let stamp = stamps_of(&l.0);
-            self.seen_layers
-                .lock()
-                .insert(image_spec, (std::time::Instant::now(), stamp, l.clone()));
-            Ok(l)
-        };
-        // Another operation (on another domain) may be re-pointing images right now: a chain
-        // that vanished while being read is read again before the scan gives up.
-        let mut attempt = 0;
-        let started = std::time::Instant::now();
-        loop {
-            let models = self.all_models()?;
-            let models_at = started.elapsed();
-            match images::all_chains(&models, &layers) {
-                Err(e) if attempt < 3 => {
-                    attempt += 1;
-                    log::debug!("dependency scan, attempt {attempt}: {e}");
-                    self.seen_models.lock().clear();
-                    stamps.borrow_mut().clear();
-                    std::thread::sleep(std::time::Duration::from_millis(200));
-                }
-                result => {
-                    log::debug!(
-                        "dependency scan: {} domains in {:.1} ms, their chains in {:.1} ms",
-                        models.len(),
-                        models_at.as_secs_f64() * 1e3,
-                        (started.elapsed() - models_at).as_secs_f64() * 1e3
-                    );
-                    return result;
-                }
-            }
-        }
-    }
-
-    /// Forgets remembered chains and models (after a merge re-pointed images and redefined
-    /// snapshots, which leaves names, and so fingerprints, as they were).
-    fn forget_chains(&self) {
-        self.seen_layers.lock().clear();
-        self.seen_models.lock().clear();
+        self.scan.offer(models);
     }
 
     fn is_running(&self, domain: &str) -> Result<bool, FsError> {
@@ -397,11 +254,36 @@ impl SnapshotOps {
         snap.disks.iter().all(|d| d.chain.snapshot.is_none())
     }
 
-    /// mv NAME live: reverts the domain to snapshot `name`.
-    pub fn revert(&self, model: &DomainModel, name: &str) -> Result<(), FsError> {
+    /// Starts fetching what an operation's dependency scan needs first (see
+    /// `DependencyScan::start_fetch`): for an operation that `scans_first`, once it holds its
+    /// domain's lock.
+    pub fn start_scan(&self) -> LayoutFetch {
+        self.scan.start_fetch()
+    }
+
+    /// Whether reverting to snapshot `name` of `model` begins with a dependency scan (an
+    /// internal revert does; an external one scans only at its end).
+    pub fn revert_scans_first(model: &DomainModel, name: &str) -> bool {
+        model.snapshot(name).is_some_and(Self::is_internal)
+    }
+
+    /// Whether deleting snapshot `name` of `model` begins with a dependency scan (deleting an
+    /// external snapshot does; libvirt deletes an internal one alone).
+    pub fn delete_scans_first(model: &DomainModel, name: &str) -> bool {
+        model.snapshot(name).is_some_and(Self::is_external)
+    }
+
+    /// mv NAME live: reverts the domain to snapshot `name`. `fetch`: the scan's fetch, if the
+    /// caller started it (see `revert_scans_first`).
+    pub fn revert(
+        &self,
+        model: &DomainModel,
+        name: &str,
+        fetch: Option<LayoutFetch>,
+    ) -> Result<(), FsError> {
         let snap = self.snapshot(model, name)?;
         if Self::is_internal(snap) {
-            self.check_internal_revert_is_safe(model, snap)?;
+            self.check_internal_revert_is_safe(model, snap, fetch)?;
             self.backend
                 .revert_snapshot(&model.name, name, 0)
                 .map_err(backend_err)?;
@@ -428,12 +310,13 @@ impl SnapshotOps {
         &self,
         model: &DomainModel,
         snap: &SnapshotModel,
+        fetch: Option<LayoutFetch>,
     ) -> Result<(), FsError> {
-        self.remember_model(model);
-        let chains = self.all_chains()?;
+        self.scan.remember(model);
+        let chains = self.scan.chains(fetch)?;
         for disk in &snap.disks {
             let image = images::canonical(&disk.chain.top.path);
-            for c in &chains {
+            for c in chains.iter() {
                 let own_live = c.domain == model.name && c.snapshot.is_none();
                 if own_live || c.snapshot.as_deref() == Some(&snap.name) && c.domain == model.name {
                     continue;
@@ -590,7 +473,7 @@ impl SnapshotOps {
     /// Removes the images in `candidates` that no chain of any domain reads any more and that
     /// hold no internal snapshot. Anything uncertain is kept.
     fn remove_unused(&self, candidates: &[PathBuf]) {
-        let chains = match self.all_chains() {
+        let chains = match self.scan.chains(None) {
             Ok(c) => c,
             Err(e) => {
                 warn!("keeping old overlays: {e}");
@@ -697,8 +580,14 @@ impl SnapshotOps {
     }
 
     /// rmdir NAME: deletes a snapshot; its children move up to its parent; every other
-    /// snapshot and the live disks keep their bytes.
-    pub fn delete(&self, model: &DomainModel, name: &str) -> Result<(), FsError> {
+    /// snapshot and the live disks keep their bytes. `fetch`: the scan's fetch, if the caller
+    /// started it (see `delete_scans_first`).
+    pub fn delete(
+        &self,
+        model: &DomainModel,
+        name: &str,
+        fetch: Option<LayoutFetch>,
+    ) -> Result<(), FsError> {
         let snap = self.snapshot(model, name)?;
         if Self::is_internal(snap) {
             self.backend
@@ -714,16 +603,21 @@ impl SnapshotOps {
                 model.name
             ));
         }
-        self.delete_external(model, snap)
+        self.delete_external(model, snap, fetch)
     }
 
     /// Deletes an external snapshot. Its image (the state it shows) is merged with the
     /// overlay created on top of it when nothing else reads that image: the overlay's data is
     /// committed into it, whatever was on the overlay is pointed at it, and the overlay goes.
     /// Otherwise only libvirt's metadata is deleted and the images stay.
-    fn delete_external(&self, model: &DomainModel, snap: &SnapshotModel) -> Result<(), FsError> {
-        self.remember_model(model);
-        let chains = self.all_chains()?;
+    fn delete_external(
+        &self,
+        model: &DomainModel,
+        snap: &SnapshotModel,
+        fetch: Option<LayoutFetch>,
+    ) -> Result<(), FsError> {
+        self.scan.remember(model);
+        let chains = self.scan.chains(fetch)?;
         let mut merges = Vec::new();
         for disk in &snap.disks {
             match self.plan_merge(model, snap, disk, &chains)? {
@@ -814,7 +708,7 @@ impl SnapshotOps {
         model: &DomainModel,
         snap: &SnapshotModel,
         disk: &crate::model::DiskModel,
-        chains: &[ChainUse],
+        chains: &Chains,
     ) -> Result<Result<MergePlan, String>, FsError> {
         let base = images::canonical(&disk.chain.top.path);
         let Some(overlay) = disk.overlay.as_deref().map(images::canonical) else {
@@ -828,7 +722,7 @@ impl SnapshotOps {
                 overlay.display()
             )));
         }
-        for c in chains {
+        for c in chains.iter() {
             let is_this = c.domain == model.name && c.snapshot.as_deref() == Some(&snap.name);
             if is_this {
                 continue;
@@ -863,7 +757,7 @@ impl SnapshotOps {
         let mut rebase = BTreeSet::new();
         let mut snapshot_users = Vec::new();
         let mut domain_users = BTreeSet::new();
-        for c in chains {
+        for c in chains.iter() {
             match c.layers.iter().position(|l| *l == overlay) {
                 Some(0) => match &c.snapshot {
                     Some(s) => snapshot_users.push((c.domain.clone(), s.clone(), c.target.clone())),
@@ -951,7 +845,7 @@ impl SnapshotOps {
         {
             images::rebase_unsafe(image, &plan.base, plan.base_format)?;
         }
-        self.forget_chains();
+        self.scan.forget();
         journal::crash_point("delete-external:rebased");
         let base = plan.base.to_str().unwrap_or_default();
         for (owner, snapshot, target) in &plan.snapshot_users {
@@ -1401,7 +1295,7 @@ mod tests {
     }
 
     fn scanned(ops: &SnapshotOps, domain: &str) -> Arc<DomainModel> {
-        let models = ops.all_models().unwrap();
+        let models = ops.scan.models().unwrap();
         models.into_iter().find(|m| m.name == domain).unwrap()
     }
 

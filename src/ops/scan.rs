@@ -1,0 +1,549 @@
+//! The dependency scan: every chain of every domain (live disks and all snapshots' disks) and
+//! the images each one reads, so that an operation can be sure nothing else still needs an
+//! image before it rewrites or removes it.
+//!
+//! Every scan asks libvirt for two things per domain, its XML and its snapshots' names (the
+//! layout fingerprint): without them the current state is unknown. Everything else is reused
+//! while it provably still holds:
+//! - a domain's model, while its layout fingerprint is unchanged and its snapshot XML was read
+//!   within `SNAPSHOT_XML_TRUSTED_FOR` (a snapshot redefined in place changes neither);
+//! - an image's layers (its backing chain), while none of its files changed (mtime and size),
+//!   for at most `LAYERS_KEPT`;
+//! - a domain's chains, while its model is the same one and the files they were read from
+//!   are unchanged, for at most `LAYERS_KEPT` after the oldest of their layers was read.
+//!
+//! Merges, which re-point images and redefine snapshots without changing names, make the scan
+//! forget everything.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::images::{canonical, file_stamp, FileStamp};
+use crate::cache::MetadataCache;
+use crate::fs::backend::{Backend, BackendError};
+use crate::fs::FsError;
+use crate::fs_err;
+use crate::image::{open_chain, ChainSpec, Format};
+use crate::model::DomainModel;
+
+/// How long layers read from images are trusted while their files look unchanged (our own
+/// operations forget them at once; this bounds trust in images changed by other tools).
+const LAYERS_KEPT: Duration = Duration::from_secs(30);
+
+/// One chain of a domain: whose it is, and its layers top first (canonical paths).
+#[derive(Debug, Clone)]
+pub struct ChainUse {
+    pub domain: String,
+    /// None for the live disk.
+    pub snapshot: Option<String>,
+    pub target: String,
+    pub layers: Vec<PathBuf>,
+    pub formats: Vec<Format>,
+    /// True when the top layer is read at an internal snapshot (its active state is not read).
+    pub reads_internal_snapshot: bool,
+}
+
+impl ChainUse {
+    /// Images whose current (active) contents this chain reads.
+    pub fn active_images(&self) -> &[PathBuf] {
+        if self.reads_internal_snapshot {
+            self.layers.get(1..).unwrap_or(&[])
+        } else {
+            &self.layers
+        }
+    }
+
+    pub fn who(&self) -> String {
+        match &self.snapshot {
+            Some(s) => format!(
+                "snapshot {s} of domain {} (disk {})",
+                self.domain, self.target
+            ),
+            None => format!("the live disk {} of domain {}", self.target, self.domain),
+        }
+    }
+}
+
+/// The layers (canonical paths, top first) and formats of the chain a `ChainSpec` describes.
+pub type Layers = (Vec<PathBuf>, Vec<Format>);
+
+/// The layers of a chain libvirt states in full (`<backingStore>` down to its end), without
+/// opening any image. None when a format is not stated (it would have to be probed).
+pub fn stated_layers(spec: &ChainSpec) -> Option<Layers> {
+    let crate::image::open::Backing::Explicit(below) = &spec.backing else {
+        return None;
+    };
+    let mut paths = vec![canonical(&spec.top.path)];
+    let mut formats = vec![spec.top.format?];
+    for layer in below {
+        paths.push(canonical(&layer.path));
+        formats.push(layer.format?);
+    }
+    Some((paths, formats))
+}
+
+/// Opens `spec` and lists its layers. A chain whose top image does not exist reads nothing
+/// (its disk cannot be read at all), so it needs no image: no layers. A missing backing file or
+/// a broken image is an error: what such a chain would read is unknown.
+pub fn chain_layers(spec: &ChainSpec, cache: &Arc<MetadataCache>) -> Result<Layers, String> {
+    if !spec.top.path.exists() {
+        log::info!(
+            "{} does not exist: its chain reads no image",
+            spec.top.path.display()
+        );
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let chain = open_chain(spec, cache.clone()).map_err(|e| e.to_string())?;
+    Ok((
+        chain.layers().iter().map(|l| canonical(&l.path)).collect(),
+        chain.layers().iter().map(|l| l.format).collect(),
+    ))
+}
+
+/// Every chain of one domain: its live disks and all its snapshots' disks, their layers found
+/// by `layers`. A chain that cannot be opened fails the scan: without knowing what it needs,
+/// nothing may be rewritten.
+pub fn domain_chains(
+    model: &DomainModel,
+    layers: &mut dyn FnMut(&ChainSpec) -> Result<Layers, String>,
+) -> Result<Vec<ChainUse>, FsError> {
+    let live = model.disks.iter().map(|d| (None, d));
+    let snapshots = model
+        .snapshots
+        .iter()
+        .flat_map(|s| s.disks.iter().map(move |d| (Some(&s.name), d)));
+    live.chain(snapshots)
+        .map(|(snapshot, disk)| {
+            let (paths, formats) = layers(&disk.chain).map_err(|e| {
+                fs_err!(
+                    Busy,
+                    "refused: cannot tell which images the {} of domain {} (disk {}) reads ({e}), so cannot prove that nothing else needs the images this operation changes; repair or remove that disk, then retry",
+                    snapshot.map_or("live disk".to_string(), |s| format!("snapshot {s}")),
+                    model.name,
+                    disk.target
+                )
+            })?;
+            Ok(ChainUse {
+                domain: model.name.clone(),
+                snapshot: snapshot.cloned(),
+                target: disk.target.clone(),
+                layers: paths,
+                formats,
+                reads_internal_snapshot: disk.chain.snapshot.is_some(),
+            })
+        })
+        .collect()
+}
+
+/// The chains one scan found, domain by domain.
+pub struct Chains(Vec<Arc<[ChainUse]>>);
+
+impl Chains {
+    pub fn iter(&self) -> impl Iterator<Item = &ChainUse> {
+        self.0.iter().flat_map(|d| d.iter())
+    }
+}
+
+/// Every domain's layout fingerprint, being fetched from libvirt on another thread while the
+/// operation that will scan loads its own domain (see `DependencyScan::start_fetch`).
+pub struct LayoutFetch(std::thread::JoinHandle<Result<Vec<(String, u64)>, BackendError>>);
+
+impl LayoutFetch {
+    fn wait(self) -> Result<Vec<(String, u64)>, BackendError> {
+        self.0
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    }
+}
+
+/// What the scan last used of one domain.
+struct SeenDomain {
+    model: Arc<DomainModel>,
+    /// `model.layout_fingerprint()`, computed once.
+    layout: u64,
+    /// The model's chains, once found.
+    chains: Option<SeenChains>,
+}
+
+impl SeenDomain {
+    fn new(model: Arc<DomainModel>) -> SeenDomain {
+        SeenDomain {
+            layout: model.layout_fingerprint(),
+            model,
+            chains: None,
+        }
+    }
+}
+
+/// A domain's chains, when the oldest of their layers was read, and the stamp of every file
+/// they were read from (each top image and each layer).
+struct SeenChains {
+    read_at: Instant,
+    stamps: Vec<(PathBuf, FileStamp)>,
+    uses: Arc<[ChainUse]>,
+}
+
+/// An image's layers, when they were read, and their files' stamps.
+struct SeenLayers {
+    read_at: Instant,
+    stamps: Vec<FileStamp>,
+    layers: Layers,
+}
+
+/// Files stat'ed during one scan: each once, however many chains share it.
+#[derive(Default)]
+struct ScanStamps(HashMap<PathBuf, FileStamp>);
+
+impl ScanStamps {
+    fn of(&mut self, path: &Path) -> FileStamp {
+        if let Some(stamp) = self.0.get(path) {
+            return *stamp;
+        }
+        let stamp = file_stamp(path);
+        self.0.insert(path.to_path_buf(), stamp);
+        stamp
+    }
+}
+
+pub struct DependencyScan {
+    backend: Arc<dyn Backend>,
+    cache: Arc<MetadataCache>,
+    domains: Mutex<HashMap<String, SeenDomain>>,
+    /// Layers by image (a `ChainSpec` without snapshot): every internal snapshot of an image
+    /// has that image's backing chain.
+    layers: Mutex<HashMap<ChainSpec, SeenLayers>>,
+}
+
+impl DependencyScan {
+    pub fn new(backend: Arc<dyn Backend>, cache: Arc<MetadataCache>) -> DependencyScan {
+        DependencyScan {
+            backend,
+            cache,
+            domains: Mutex::new(HashMap::new()),
+            layers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Starts fetching every domain's layout fingerprint on another thread, for an operation
+    /// that will scan: the fetch, the bulk of a scan's time, then overlaps the operation's
+    /// own loading. Start it only once the operation holds its domain's lock, so that what
+    /// is fetched is not older than the operation.
+    pub fn start_fetch(&self) -> LayoutFetch {
+        let backend = self.backend.clone();
+        LayoutFetch(std::thread::spawn(move || backend.layout_fingerprints()))
+    }
+
+    /// Takes a model just loaded from libvirt (the one an operation works on), so it is not
+    /// loaded again; it is still used only if its fingerprint is current.
+    pub fn remember(&self, model: &DomainModel) {
+        let seen = SeenDomain::new(Arc::new(model.clone()));
+        self.domains.lock().insert(model.name.clone(), seen);
+    }
+
+    /// Takes models the filesystem has loaded (to show the tree): the first operation after
+    /// mounting then loads only the domains nobody has looked at. One whose snapshot XML is
+    /// no longer trusted is not taken; one that differs from the model the scan has is, as
+    /// the tree's models are checked against libvirt every refresh interval and the scan's
+    /// only at operations. As with any seen model, the scan uses one only while its layout
+    /// fingerprint is current and its snapshot XML trusted.
+    pub fn offer(&self, models: Vec<Arc<DomainModel>>) {
+        let mut seen = self.domains.lock();
+        for m in models.into_iter().filter(|m| m.snapshots_trusted()) {
+            let keep_seen = seen.get(&m.name).is_some_and(|old| {
+                Arc::ptr_eq(&old.model, &m)
+                    || old.model.snapshots_trusted() && old.layout == m.layout_fingerprint()
+            });
+            if !keep_seen {
+                seen.insert(m.name.clone(), SeenDomain::new(m));
+            }
+        }
+    }
+
+    /// Forgets every model, layer and chain seen (after a merge re-pointed images and
+    /// redefined snapshots, which leaves names, and so fingerprints, as they were).
+    pub fn forget(&self) {
+        self.domains.lock().clear();
+        self.layers.lock().clear();
+    }
+
+    /// Every domain's model as libvirt has it now, as far as which images it reads.
+    pub fn models(&self) -> Result<Vec<Arc<DomainModel>>, FsError> {
+        let fingerprints = self
+            .backend
+            .layout_fingerprints()
+            .map_err(super::backend_err)?;
+        self.models_for(&fingerprints)
+    }
+
+    /// The models of the domains `fingerprints` lists: a model seen before whose layout
+    /// fingerprint is that one and whose snapshot XML is trusted, else one loaded now.
+    fn models_for(&self, fingerprints: &[(String, u64)]) -> Result<Vec<Arc<DomainModel>>, FsError> {
+        let reusable: Vec<Option<Arc<DomainModel>>> = {
+            let seen = self.domains.lock();
+            fingerprints
+                .iter()
+                .map(|(name, fingerprint)| {
+                    seen.get(name)
+                        .filter(|s| s.layout == *fingerprint && s.model.snapshots_trusted())
+                        .map(|s| s.model.clone())
+                })
+                .collect()
+        };
+        let mut models = Vec::with_capacity(fingerprints.len());
+        let mut loaded = Vec::new();
+        for ((name, _), reuse) in fingerprints.iter().zip(reusable) {
+            if let Some(m) = reuse {
+                models.push(m);
+                continue;
+            }
+            // None: the domain vanished since it was listed.
+            if let Some(m) = self.backend.load_domain(name).map_err(super::backend_err)? {
+                let m = Arc::new(m);
+                loaded.push(m.clone());
+                models.push(m);
+            }
+        }
+        let mut seen = self.domains.lock();
+        let listed: HashSet<&str> = models.iter().map(|m| m.name.as_str()).collect();
+        seen.retain(|name, _| listed.contains(name.as_str()));
+        for m in loaded {
+            seen.insert(m.name.clone(), SeenDomain::new(m));
+        }
+        Ok(models)
+    }
+
+    /// Every chain of every domain, as libvirt and the images have them now. `fetch` is the
+    /// layout fetch the operation started, if it did.
+    pub fn chains(&self, mut fetch: Option<LayoutFetch>) -> Result<Chains, FsError> {
+        // Another operation (on another domain) may be re-pointing images right now: a chain
+        // that vanished while being read is read again before the scan gives up.
+        let mut attempt = 0;
+        let started = Instant::now();
+        loop {
+            let fingerprints = match fetch.take() {
+                Some(f) => f.wait(),
+                None => self.backend.layout_fingerprints(),
+            }
+            .map_err(super::backend_err)?;
+            let models = self.models_for(&fingerprints)?;
+            let models_at = started.elapsed();
+            match self.chains_of(&models) {
+                Err(e) if attempt < 3 => {
+                    attempt += 1;
+                    log::debug!("dependency scan, attempt {attempt}: {e}");
+                    self.forget();
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                result => {
+                    log::debug!(
+                        "dependency scan: {} domains in {:.1} ms, their chains in {:.1} ms",
+                        models.len(),
+                        models_at.as_secs_f64() * 1e3,
+                        (started.elapsed() - models_at).as_secs_f64() * 1e3
+                    );
+                    return result;
+                }
+            }
+        }
+    }
+
+    /// The chains of `models`: those found before for the same model while their files are
+    /// unchanged, the others found now.
+    fn chains_of(&self, models: &[Arc<DomainModel>]) -> Result<Chains, FsError> {
+        let mut stamps = ScanStamps::default();
+        let mut out = Vec::with_capacity(models.len());
+        for m in models {
+            let kept = self
+                .domains
+                .lock()
+                .get(&m.name)
+                .filter(|s| Arc::ptr_eq(&s.model, m))
+                .and_then(|s| s.chains.as_ref())
+                .filter(|c| c.read_at.elapsed() < LAYERS_KEPT)
+                .map(|c| (c.stamps.clone(), c.uses.clone()));
+            if let Some((kept_stamps, uses)) = kept {
+                if kept_stamps.iter().all(|(p, s)| stamps.of(p) == *s) {
+                    out.push(uses);
+                    continue;
+                }
+            }
+            let seen = self.find_chains(m, &mut stamps)?;
+            let uses = seen.uses.clone();
+            if let Some(s) = self.domains.lock().get_mut(&m.name) {
+                if Arc::ptr_eq(&s.model, m) {
+                    s.chains = Some(seen);
+                }
+            }
+            out.push(uses);
+        }
+        Ok(Chains(out))
+    }
+
+    /// Finds the chains of one domain, each image's layers read once per `LAYERS_KEPT`.
+    fn find_chains(
+        &self,
+        model: &DomainModel,
+        stamps: &mut ScanStamps,
+    ) -> Result<SeenChains, FsError> {
+        let mut read_at = Instant::now();
+        let mut files: Vec<PathBuf> = Vec::new();
+        let mut layers = |spec: &ChainSpec| -> Result<Layers, String> {
+            files.push(spec.top.path.clone());
+            if let Some(stated) = stated_layers(spec) {
+                files.extend(stated.0.iter().cloned());
+                return Ok(stated);
+            }
+            // An internal snapshot the image lacks is read as nothing; counting the image's
+            // layers for it only adds dependencies.
+            let image = ChainSpec {
+                snapshot: None,
+                ..spec.clone()
+            };
+            let kept = self.layers.lock().get(&image).and_then(|seen| {
+                let fresh = seen.read_at.elapsed() < LAYERS_KEPT
+                    && seen
+                        .layers
+                        .0
+                        .iter()
+                        .map(|p| stamps.of(p))
+                        .eq(seen.stamps.iter().copied());
+                fresh.then(|| (seen.read_at, seen.layers.clone()))
+            });
+            let (at, l) = match kept {
+                Some(k) => k,
+                None => {
+                    let l = chain_layers(&image, &self.cache)?;
+                    let seen = SeenLayers {
+                        read_at: Instant::now(),
+                        stamps: l.0.iter().map(|p| stamps.of(p)).collect(),
+                        layers: l.clone(),
+                    };
+                    let at = seen.read_at;
+                    self.layers.lock().insert(image, seen);
+                    (at, l)
+                }
+            };
+            read_at = read_at.min(at);
+            files.extend(l.0.iter().cloned());
+            Ok(l)
+        };
+        let uses = domain_chains(model, &mut layers)?;
+        files.sort();
+        files.dedup();
+        Ok(SeenChains {
+            read_at,
+            stamps: files
+                .into_iter()
+                .map(|p| {
+                    let stamp = stamps.of(&p);
+                    (p, stamp)
+                })
+                .collect(),
+            uses: uses.into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::DiskModel;
+
+    fn qemu_img(args: &[&str]) {
+        let out = std::process::Command::new("qemu-img")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "qemu-img {args:?}: {out:?}");
+    }
+
+    fn scan() -> DependencyScan {
+        let backend: Arc<dyn Backend> = Arc::new(
+            crate::libvirt::LibvirtBackend::connect(Some("test:///default".into())).unwrap(),
+        );
+        DependencyScan::new(backend, Arc::new(MetadataCache::new(1 << 20)))
+    }
+
+    /// A shut-off domain whose one disk is `image`, read through its backing chain.
+    fn domain_on(image: &Path) -> Arc<DomainModel> {
+        Arc::new(DomainModel {
+            name: "d".into(),
+            xml: "<domain/>".into(),
+            active: false,
+            disks: vec![DiskModel {
+                target: "vda".into(),
+                chain: ChainSpec::from_image(image, Some(Format::Qcow2)),
+                overlay: None,
+            }],
+            snapshots: Vec::new(),
+            current: None,
+            snapshots_read_at: Instant::now(),
+        })
+    }
+
+    fn layer_names(chains: &Chains) -> Vec<String> {
+        let live = chains.iter().next().unwrap();
+        live.layers
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_domains_chains_are_reused_only_while_its_model_and_files_are_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+        qemu_img(&["create", "-q", "-f", "qcow2", &p("a.qcow2"), "1M"]);
+        qemu_img(&["create", "-q", "-f", "qcow2", &p("b.qcow2"), "1M"]);
+        let top = p("top.qcow2");
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            &p("a.qcow2"),
+            &top,
+            "1M",
+        ]);
+        let scan = scan();
+        let model = domain_on(Path::new(&top));
+        scan.offer(vec![model.clone()]);
+
+        let first = scan.chains_of(std::slice::from_ref(&model)).unwrap();
+        assert_eq!(layer_names(&first), ["top.qcow2", "a.qcow2"]);
+        let again = scan.chains_of(std::slice::from_ref(&model)).unwrap();
+        assert!(Arc::ptr_eq(&first.0[0], &again.0[0]), "unchanged: reused");
+
+        // The same files, but another model (one an operation reloaded): found again.
+        scan.remember(&domain_on(Path::new(&top)));
+        let seen = scan.domains.lock().get("d").unwrap().model.clone();
+        let other = scan.chains_of(&[seen]).unwrap();
+        assert!(!Arc::ptr_eq(&first.0[0], &other.0[0]));
+
+        // The top image re-pointed by another tool (its header rewritten): found again, with
+        // the new backing file, although the model is the same.
+        std::thread::sleep(Duration::from_millis(10));
+        qemu_img(&[
+            "rebase",
+            "-q",
+            "-u",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            &p("b.qcow2"),
+            &top,
+        ]);
+        let seen = scan.domains.lock().get("d").unwrap().model.clone();
+        let rebased = scan.chains_of(&[seen]).unwrap();
+        assert_eq!(layer_names(&rebased), ["top.qcow2", "b.qcow2"]);
+    }
+}
