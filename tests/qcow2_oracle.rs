@@ -360,6 +360,47 @@ fn internal_snapshots_listed_and_read_with_their_own_disk_size() {
 }
 
 #[test]
+fn a_snapshot_table_larger_than_one_read_is_listed_like_qemu_img_lists_it() {
+    // 220 entries of about 300 bytes: the table spans more than the 64 KiB read at a time, and
+    // an entry straddles each read's end.
+    let s = Scratch::new();
+    s.create("img.qcow2", "", "1M");
+    let names: Vec<String> = (0..220)
+        .map(|i| format!("{i:03}-{}", "n".repeat(240)))
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        if i % 100 == 0 {
+            s.qemu_io(
+                "qcow2",
+                "img.qcow2",
+                &[&format!("write -P {} 0 64k", i / 100 + 1)],
+            );
+        }
+        s.qemu_img(&["snapshot", "-c", name, "img.qcow2"]);
+    }
+    let info: serde_json::Value =
+        serde_json::from_str(&s.qemu_img(&["info", "--output=json", "img.qcow2"])).unwrap();
+    let theirs: Vec<(&str, &str)> = info["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["id"].as_str().unwrap(), t["name"].as_str().unwrap()))
+        .collect();
+    let chain = s.open("img.qcow2", None, None);
+    let ours: Vec<(&str, &str)> = chain.layers()[0]
+        .qcow2()
+        .unwrap()
+        .snapshots
+        .iter()
+        .map(|o| (o.id.as_str(), o.name.as_str()))
+        .collect();
+    assert_eq!(ours.len(), 220);
+    assert_eq!(ours, theirs);
+    s.assert_matches_qemu("img.qcow2", "qcow2", Some(&names[150]));
+    s.assert_matches_qemu("img.qcow2", "qcow2", Some(&names[219]));
+}
+
+#[test]
 fn internal_snapshot_inside_an_overlay_reads_through_the_backing_file() {
     let s = Scratch::new();
     s.create("base.qcow2", "", "4M");
