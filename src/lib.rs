@@ -12,6 +12,7 @@
 //! - [`ops`]: the snapshot operations behind mkdir, rename and rmdir.
 //! - [`fuse`]: the thin fuser adapter over [`fs`].
 //! - [`mount`]: command-line mount options, daemonizing and clean unmounting.
+//! - [`parallel`]: work spread over a few scoped threads.
 //! - [`sys`]: the libc calls std does not wrap (malloc arenas, page-cache advice).
 
 // The only unsafe code is FFI: the block job calls in libvirt/blockjob.rs and the libc calls
@@ -27,6 +28,7 @@ pub mod libvirt;
 pub mod model;
 pub mod mount;
 pub mod ops;
+pub mod parallel;
 pub mod qcow2;
 pub mod source;
 pub mod sys;

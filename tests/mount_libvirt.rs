@@ -155,6 +155,23 @@ fn offline_tree_with_branch_internal_and_external_snapshots() {
     assert_eq!(blocks * 512, mapped_data_bytes(&dom.path("vda.qcow2")));
     let live_blocks: u64 = stat(&d("live/vda.raw"), "%b").parse().unwrap();
     assert_eq!(live_blocks * 512, mapped_data_bytes(&overlay));
+    // Each internal snapshot's size and st_blocks (found together by the first stat of a
+    // snapshot disk) are its own: qemu-img's count of data in a copy of that snapshot.
+    for (s, path) in [
+        ("s1", "snapshots/s1/vda.raw"),
+        ("s2", "snapshots/s1/s2/vda.raw"),
+        ("s3", "snapshots/s1/s3/vda.raw"),
+    ] {
+        let copy = scratch.path().join(format!("{s}.qcow2"));
+        let image = dom.path("vda.qcow2");
+        let snapshot = format!("snapshot.name={s}");
+        let args = ["convert", "-U", "-l", &snapshot, "-O", "qcow2"];
+        let paths = [image.to_str().unwrap(), copy.to_str().unwrap()];
+        sh("qemu-img", &[&args[..], &paths[..]].concat());
+        let blocks: u64 = stat(&d(path), "%b").parse().unwrap();
+        assert_eq!(blocks * 512, mapped_data_bytes(&copy), "snapshot {s}");
+        assert_eq!(stat(&d(path), "%s"), (16u64 << 20).to_string());
+    }
     let ino = stat(&disk, "%i");
     assert_eq!(stat(&disk, "%i"), ino);
     assert_ne!(stat(&d("snapshots/s1/vda.raw"), "%i"), ino);

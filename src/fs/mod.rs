@@ -52,6 +52,12 @@ pub const DISK_SUFFIX: &str = ".raw";
 const OPEN_CHAINS: usize = 64;
 /// Sizes of snapshot disks remembered for `stat` (a few dozen bytes each; they never change).
 const DISK_ATTRS: usize = 65_536;
+/// A `stat` of a snapshot disk whose size is not known yet finds the sizes of up to this many
+/// of the domain's snapshot disks at once, on up to DISK_ATTRS_THREADS threads. `ls -l` of a
+/// snapshot tree stats them one after another, and on a cold host each waits on a few small
+/// random reads (the snapshot's own L1 table, its L2 tables): found together, they overlap.
+const DISK_ATTRS_BATCH: usize = 64;
+const DISK_ATTRS_THREADS: usize = 8;
 /// Kernel cache lifetime of nodes whose changes the refresher reports as invalidations.
 const LONG_TTL: Duration = Duration::from_secs(60);
 
@@ -342,9 +348,71 @@ impl VirtSnapFs {
     /// (the error is logged, and open() reports it as EIO), so `ls` of the rest keeps working.
     fn disk_sizes(chain: &Result<Arc<Chain>, FsError>) -> (u64, u64) {
         match chain {
-            Ok(c) => (c.size(), c.allocated_bytes().unwrap_or_else(|_| c.size())),
+            Ok(c) => Self::chain_sizes(c),
             Err(_) => (0, 0),
         }
+    }
+
+    fn chain_sizes(chain: &Chain) -> (u64, u64) {
+        (
+            chain.size(),
+            chain.allocated_bytes().unwrap_or_else(|_| chain.size()),
+        )
+    }
+
+    /// (size, allocated bytes) of disk `target` of snapshot `snapshot`, remembered. When it
+    /// is not known yet, the sizes of other snapshot disks of the domain not known yet are
+    /// found with it (see DISK_ATTRS_BATCH); only this disk's failure is logged, as the
+    /// others are reported when they are looked at.
+    fn snapshot_disk_sizes(
+        &self,
+        model: &DomainModel,
+        snapshot: &str,
+        target: &str,
+    ) -> Result<(u64, u64), FsError> {
+        let disk = self.snapshot_disk(model, snapshot, target)?;
+        let key = |s: &str, t: &str| ChainKey::Snapshot(model.name.clone(), s.into(), t.into());
+        let wanted = (key(snapshot, target), disk.chain.clone());
+        if let Some(&sizes) = self.disk_attrs.lock().get(&wanted) {
+            return Ok(sizes);
+        }
+        let mut batch = vec![wanted];
+        {
+            let known = self.disk_attrs.lock();
+            let others = model.snapshots.iter().flat_map(|s| {
+                s.disks
+                    .iter()
+                    .map(move |d| (s.name.as_str(), d))
+                    .filter(|(s, d)| (*s, d.target.as_str()) != (snapshot, target))
+            });
+            for (s, d) in others {
+                if batch.len() >= DISK_ATTRS_BATCH {
+                    break;
+                }
+                let other = (key(s, &d.target), d.chain.clone());
+                if !known.contains(&other) {
+                    batch.push(other);
+                }
+            }
+        }
+        let label = format!("domain {} snapshot {snapshot} disk {target}", model.name);
+        let found = crate::parallel::on_threads(&batch, DISK_ATTRS_THREADS, 1, |(k, spec)| {
+            if *k == batch[0].0 {
+                self.chain(k.clone(), spec, None, &label)
+                    .map(|c| Self::chain_sizes(&c))
+            } else {
+                open_chain(spec, self.cache.clone())
+                    .map(|c| Self::chain_sizes(&c))
+                    .map_err(|e| fs_err!(Io, "{e}"))
+            }
+        });
+        let mut known = self.disk_attrs.lock();
+        for (remembered, sizes) in batch.iter().zip(&found) {
+            if let Ok(sizes) = sizes {
+                known.put(remembered.clone(), *sizes);
+            }
+        }
+        Ok(found[0].as_ref().copied().unwrap_or((0, 0)))
     }
 
     /// A disk's attributes.
@@ -426,22 +494,9 @@ impl VirtSnapFs {
             }
             NodeKey::SnapshotDisk(d, s, t) => {
                 let m = self.domain(d)?;
-                let disk = self.snapshot_disk(&m, s, t)?;
                 let created = m.snapshot(s).map_or(0, |s| s.creation_time);
-                let key = ChainKey::Snapshot(d.clone(), s.clone(), t.clone());
-                let remembered = (key.clone(), disk.chain.clone());
-                if let Some(&sizes) = self.disk_attrs.lock().get(&remembered) {
-                    return Ok(self.disk_attr(ino, sizes, unix_time(created)));
-                }
-                let label = format!("domain {d} snapshot {s} disk {t}");
-                let chain = self.chain(key, &disk.chain, None, &label);
-                let attr = self.disk_attr(ino, Self::disk_sizes(&chain), unix_time(created));
-                if chain.is_ok() {
-                    self.disk_attrs
-                        .lock()
-                        .put(remembered, (attr.size, attr.allocated));
-                }
-                Ok(attr)
+                let sizes = self.snapshot_disk_sizes(&m, s, t)?;
+                Ok(self.disk_attr(ino, sizes, unix_time(created)))
             }
         }
     }

@@ -223,22 +223,7 @@ const ITEMS_PER_THREAD_MIN: usize = 4;
 
 /// `f` of every item, in order, computed on up to CALL_THREADS threads.
 fn on_threads<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = (items.len() / ITEMS_PER_THREAD_MIN).clamp(1, CALL_THREADS);
-    if threads == 1 {
-        return items.iter().map(f).collect();
-    }
-    let per_thread = items.len().div_ceil(threads);
-    let f = &f;
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = items
-            .chunks(per_thread)
-            .map(|chunk| scope.spawn(move || chunk.iter().map(f).collect::<Vec<R>>()))
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    })
+    crate::parallel::on_threads(items, CALL_THREADS, ITEMS_PER_THREAD_MIN, f)
 }
 
 /// The domain's XML and its snapshots' names: what both fingerprints are made of.
