@@ -963,11 +963,22 @@ impl SnapshotOps {
             }
             self.set_status(domain, Some(status));
             if active && end > 0 && cur == end {
-                self.backend
-                    .block_job_abort(domain, target, true)
-                    .map_err(backend_err)?;
-                wait_gone("the pivot")?;
-                break;
+                // libvirt can report everything copied a moment before QEMU marks the job
+                // ready: a pivot refused as not ready yet (busy) is tried at the next poll,
+                // for as long as a stalled merge would be waited for.
+                match self.backend.block_job_abort(domain, target, true) {
+                    Ok(()) => {
+                        wait_gone("the pivot")?;
+                        break;
+                    }
+                    Err(e)
+                        if e.kind == BackendErrorKind::Busy
+                            && last_progress.elapsed() <= self.options.merge_timeout =>
+                    {
+                        log::debug!("domain {domain} disk {target}: pivot not possible yet: {e}");
+                    }
+                    Err(e) => return Err(backend_err(e)),
+                }
             }
             if remaining < best_remaining {
                 best_remaining = remaining;
