@@ -273,6 +273,17 @@ impl SnapshotOps {
         model.snapshot(name).is_some_and(Self::is_external)
     }
 
+    /// Every chain of every domain, `model` (just loaded by the operation) taken as its
+    /// domain's current model; `fetch`: the scan's fetch, if the operation started it.
+    fn chains_with(
+        &self,
+        model: &DomainModel,
+        fetch: Option<LayoutFetch>,
+    ) -> Result<Chains, FsError> {
+        self.scan.remember(model);
+        self.scan.chains(fetch)
+    }
+
     /// mv NAME live: reverts the domain to snapshot `name`. `fetch`: the scan's fetch, if the
     /// caller started it (see `revert_scans_first`).
     pub fn revert(
@@ -312,8 +323,7 @@ impl SnapshotOps {
         snap: &SnapshotModel,
         fetch: Option<LayoutFetch>,
     ) -> Result<(), FsError> {
-        self.scan.remember(model);
-        let chains = self.scan.chains(fetch)?;
+        let chains = self.chains_with(model, fetch)?;
         for disk in &snap.disks {
             let image = images::canonical(&disk.chain.top.path);
             for c in chains.iter() {
@@ -616,8 +626,7 @@ impl SnapshotOps {
         snap: &SnapshotModel,
         fetch: Option<LayoutFetch>,
     ) -> Result<(), FsError> {
-        self.scan.remember(model);
-        let chains = self.scan.chains(fetch)?;
+        let chains = self.chains_with(model, fetch)?;
         let mut merges = Vec::new();
         for disk in &snap.disks {
             match self.plan_merge(model, snap, disk, &chains)? {

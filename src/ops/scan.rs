@@ -452,6 +452,7 @@ impl DependencyScan {
 mod tests {
     use super::*;
     use crate::model::DiskModel;
+    use crate::ops::images::{create_overlay, rebase_unsafe};
 
     fn qemu_img(args: &[&str]) {
         let out = std::process::Command::new("qemu-img")
@@ -500,18 +501,7 @@ mod tests {
         qemu_img(&["create", "-q", "-f", "qcow2", &p("a.qcow2"), "1M"]);
         qemu_img(&["create", "-q", "-f", "qcow2", &p("b.qcow2"), "1M"]);
         let top = p("top.qcow2");
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "qcow2",
-            "-b",
-            &p("a.qcow2"),
-            &top,
-            "1M",
-        ]);
+        create_overlay(Path::new(&p("a.qcow2")), Format::Qcow2, Path::new(&top)).unwrap();
         let scan = scan();
         let model = domain_on(Path::new(&top));
         scan.offer(vec![model.clone()]);
@@ -530,18 +520,7 @@ mod tests {
         // The top image re-pointed by another tool (its header rewritten): found again, with
         // the new backing file, although the model is the same.
         std::thread::sleep(Duration::from_millis(10));
-        qemu_img(&[
-            "rebase",
-            "-q",
-            "-u",
-            "-f",
-            "qcow2",
-            "-F",
-            "qcow2",
-            "-b",
-            &p("b.qcow2"),
-            &top,
-        ]);
+        rebase_unsafe(Path::new(&top), Path::new(&p("b.qcow2")), Format::Qcow2).unwrap();
         let seen = scan.domains.lock().get("d").unwrap().model.clone();
         let rebased = scan.chains_of(&[seen]).unwrap();
         assert_eq!(layer_names(&rebased), ["top.qcow2", "b.qcow2"]);
