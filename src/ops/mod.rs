@@ -76,7 +76,7 @@ pub struct SnapshotOps {
     scan: DependencyScan,
 }
 
-pub(crate) fn backend_err(e: BackendError) -> FsError {
+fn backend_err(e: BackendError) -> FsError {
     let kind = match e.kind {
         BackendErrorKind::Failed => crate::fs::ErrorKind::Io,
         BackendErrorKind::Invalid => crate::fs::ErrorKind::InvalidArgument,
