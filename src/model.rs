@@ -70,6 +70,29 @@ impl DomainModel {
         self.snapshots_read_at.elapsed() < SNAPSHOT_XML_TRUSTED_FOR
     }
 
+    /// Whether `other` shows exactly what this model shows: everything but when its snapshot
+    /// XML was read. A model read again in full only because its snapshot XML was no longer
+    /// trusted is usually the same, and the kernel must not be told to forget what it cached
+    /// (every disk's pages among it) each time that happens.
+    pub fn shows_the_same_as(&self, other: &DomainModel) -> bool {
+        // Destructured, so a field added later cannot be left out of the comparison.
+        let DomainModel {
+            name,
+            xml,
+            active,
+            disks,
+            snapshots,
+            current,
+            snapshots_read_at: _,
+        } = self;
+        *name == other.name
+            && *xml == other.xml
+            && *active == other.active
+            && *disks == other.disks
+            && *snapshots == other.snapshots
+            && *current == other.current
+    }
+
     pub fn fingerprint(&self) -> u64 {
         Self::fingerprint_of(&self.xml, &self.snapshot_names(), self.current.as_deref())
     }

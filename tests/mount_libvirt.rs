@@ -557,3 +557,52 @@ fn disks_are_owner_only_unless_disk_mode_says_otherwise() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(out.stdout.len(), 1 << 20);
 }
+
+/// Pages of `file` in the kernel's page cache, as fincore(1) counts them.
+fn cached_pages(file: &Path) -> u64 {
+    let out = sh(
+        "fincore",
+        &["--raw", "-n", "-o", "PAGES", file.to_str().unwrap()],
+    );
+    out.trim().parse().unwrap()
+}
+
+#[test]
+fn the_kernel_keeps_cached_disk_pages_while_nothing_changes() {
+    let dom = TestDomain::new("pagecache", "8M");
+    dom.write("vda.qcow2", "write -P 0x5a 0 8M");
+    dom.snapshot("s", &[]);
+    let mount = Mount::with_env(&[], &[("RUST_LOG", "info,virtsnapfs::fs=debug")]);
+    let disks = [
+        mount.path(&format!("{}/live/vda.raw", dom.name)),
+        mount.path(&format!("{}/snapshots/s/vda.raw", dom.name)),
+    ];
+    let pages = (8u64 << 20) / 4096;
+    for disk in &disks {
+        sh("cat", &[disk.to_str().unwrap()]);
+        assert_eq!(cached_pages(disk), pages, "{} after a read", disk.display());
+    }
+    // Past the time snapshot XML is trusted, the refresher reads the domain again in full.
+    // Finding it unchanged, it must not tell the kernel to forget anything. (The host may
+    // reclaim a few idle pages itself, so half is the bar: a forgotten file keeps none.)
+    let trusted = virtsnapfs::model::SNAPSHOT_XML_TRUSTED_FOR;
+    eventually(
+        trusted.as_secs() + 15,
+        "a full re-read of the domain",
+        || {
+            mount.log_text().contains(&format!(
+                "domain {}: read again in full, unchanged",
+                dom.name
+            ))
+        },
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    for disk in &disks {
+        let kept = cached_pages(disk);
+        assert!(
+            kept >= pages / 2,
+            "{}: {kept} of {pages} pages kept",
+            disk.display()
+        );
+    }
+}

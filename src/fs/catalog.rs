@@ -168,7 +168,8 @@ impl Catalog {
     }
 
     /// Checks domain `name` against libvirt now (fingerprint, reload if changed); returns the
-    /// old and new models when it changed.
+    /// old and new models when what they show differs (a reload that found the same is no
+    /// change).
     pub fn recheck(&self, name: &str) -> Option<(Model, Model)> {
         let before = self.domains.lock().get(name).map(|c| c.model.clone())?;
         // Expire it so domain() consults libvirt (or drop it, to reload in full).
@@ -185,7 +186,11 @@ impl Catalog {
         }
         let after = self.domain(name).ok()?;
         let same = match (&before, &after) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (Some(a), Some(b)) if Arc::ptr_eq(a, b) => true,
+            (Some(a), Some(b)) if a.shows_the_same_as(b) => {
+                log::debug!("domain {name}: read again in full, unchanged");
+                true
+            }
             (None, None) => true,
             _ => false,
         };
@@ -203,5 +208,57 @@ impl Catalog {
     pub fn invalidate(&self, name: &str) {
         self.domains.lock().remove(name);
         *self.names.lock() = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SNAPSHOT_XML_TRUSTED_FOR;
+
+    /// A catalog over libvirt's test driver, with `domain` defined in it (the driver's state
+    /// is shared by every connection of the process, so each test uses its own domain).
+    fn catalog_with(domain: &str) -> (virt::connect::Connect, Catalog) {
+        let uri = "test:///default";
+        let conn = virt::connect::Connect::open(Some(uri)).unwrap();
+        conn.define_domain_xml(&format!(
+            "<domain type='test'><name>{domain}</name><memory>65536</memory>\
+             <os><type>hvm</type></os></domain>"
+        ))
+        .unwrap();
+        let backend = crate::libvirt::LibvirtBackend::connect(Some(uri.into())).unwrap();
+        (conn, Catalog::new(Arc::new(backend), Duration::ZERO))
+    }
+
+    /// Makes the cached model of `name` look as if its snapshot XML was read long ago.
+    fn age(catalog: &Catalog, name: &str) {
+        let mut domains = catalog.domains.lock();
+        let cached = domains.get_mut(name).unwrap();
+        let mut model = (**cached.model.as_ref().unwrap()).clone();
+        model.snapshots_read_at = Instant::now()
+            .checked_sub(SNAPSHOT_XML_TRUSTED_FOR + Duration::from_secs(1))
+            .unwrap();
+        cached.model = Some(Arc::new(model));
+    }
+
+    #[test]
+    fn a_full_reload_that_finds_the_same_is_no_change() {
+        let (conn, catalog) = catalog_with("catalog-reload");
+        let dom = conn.lookup_domain_by_name("catalog-reload").unwrap();
+        dom.create_snapshot_xml("<domainsnapshot><name>a</name></domainsnapshot>", 0)
+            .unwrap();
+        assert!(catalog.domain("catalog-reload").unwrap().is_some());
+        age(&catalog, "catalog-reload");
+        assert!(catalog.recheck("catalog-reload").is_none());
+        // It was read again in full, not merely trusted.
+        let reloaded = catalog.domain("catalog-reload").unwrap().unwrap();
+        assert!(reloaded.snapshots_trusted());
+
+        // A real change still is one.
+        dom.create_snapshot_xml("<domainsnapshot><name>b</name></domainsnapshot>", 0)
+            .unwrap();
+        let (before, after) = catalog.recheck("catalog-reload").unwrap();
+        assert_eq!(before.unwrap().snapshots.len(), 1);
+        assert_eq!(after.unwrap().snapshots.len(), 2);
     }
 }

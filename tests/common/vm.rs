@@ -221,7 +221,8 @@ impl Mount {
         Mount::with_env(options, &[])
     }
 
-    /// A mount whose daemon runs with extra environment variables (e.g. a crash point).
+    /// A mount whose daemon runs with extra environment variables (e.g. a crash point, or a
+    /// RUST_LOG that replaces the default `info`).
     pub fn with_env(options: &[&str], env: &[(&str, &str)]) -> Mount {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().with_extension("log");
@@ -241,8 +242,8 @@ impl Mount {
         args.push(mnt.to_str().unwrap().into());
         let child = Command::new(env!("CARGO_BIN_EXE_virtsnapfs"))
             .args(&args)
-            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
