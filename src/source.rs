@@ -9,8 +9,11 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, OnceLock};
+
+use crate::sys::CachedRead;
 
 /// A read-only byte store addressed by offset. Implementations must be safe to call from many
 /// threads at once (pread has no shared cursor).
@@ -55,21 +58,65 @@ pub fn prefetch_in_background(source: Arc<dyn ByteSource>, offset: u64, len: u64
     }
 }
 
+/// A read shorter than this that misses the host's page cache has the whole aligned block
+/// around it read in (one qcow2 cluster at the default cluster size), as the kernel reads
+/// around a page fault: a cold 4 KiB read costs the disk nearly what 64 KiB does, and the
+/// guest's next small reads tend to land nearby (the rest of a directory, a file's next
+/// blocks, the rest of an L2 table). Cold random 4 KiB reads of an 8-deep chain went from
+/// 23,000 to 53,000-61,000 IOPS; longer reads are left to the kernel's readahead and the chain's
+/// own prefetch.
+const READ_AROUND: u64 = 64 << 10;
+
 /// A file read with pread(2).
 pub struct FileSource {
     file: File,
+    /// Whether the file's filesystem can tell cached bytes from uncached (RWF_NOWAIT).
+    tells_cached: AtomicBool,
 }
 
 impl FileSource {
     pub fn open(path: &Path) -> io::Result<FileSource> {
         Ok(FileSource {
             file: File::open(path)?,
+            tells_cached: AtomicBool::new(true),
         })
+    }
+
+    /// Reads what of a short read's bytes are already cached; on a miss, starts reading the
+    /// aligned block around the rest. Returns how many bytes were read (the rest is read
+    /// the usual way, waiting for the disk).
+    fn read_cached_or_around(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        if buf.len() as u64 >= READ_AROUND || !self.tells_cached.load(Ordering::Relaxed) {
+            return Ok(0);
+        }
+        let n = match crate::sys::read_if_cached(&self.file, buf, offset)? {
+            CachedRead::Read(n) if n == buf.len() => return Ok(n),
+            CachedRead::Read(n) => n,
+            CachedRead::NotCached => 0,
+            CachedRead::Unsupported => {
+                self.tells_cached.store(false, Ordering::Relaxed);
+                return Ok(0);
+            }
+        };
+        // Short of the end of the file: the rest is not cached. (At the end, the hint reads
+        // nothing and the usual read finds the end.)
+        let start = offset.saturating_add(n as u64) / READ_AROUND * READ_AROUND;
+        let end = offset
+            .saturating_add(buf.len() as u64)
+            .div_ceil(READ_AROUND)
+            .saturating_mul(READ_AROUND);
+        crate::sys::advise_will_need(&self.file, start, end - start);
+        Ok(n)
     }
 }
 
 impl ByteSource for FileSource {
-    fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let cached = self.read_cached_or_around(buf, offset)?;
+        let mut buf = &mut buf[cached..];
+        let mut offset = offset
+            .checked_add(cached as u64)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
         while !buf.is_empty() {
             match self.file.read_at(buf, offset) {
                 Ok(0) => {
@@ -142,6 +189,74 @@ mod tests {
         assert_eq!(buf, [2, 3, 0, 0, 0]);
         src.read_exact_at(&mut buf, u64::MAX).unwrap();
         assert_eq!(buf, [0; 5]);
+    }
+
+    /// Pages of `path` in the page cache, as fincore(1) counts them.
+    fn cached_pages(path: &Path) -> u64 {
+        let out = std::process::Command::new("fincore")
+            .args(["--raw", "-n", "-o", "PAGES"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "fincore: {out:?}");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Writes `path` out and drops it from the page cache (coreutils dd's nocache).
+    fn evict(path: &Path) {
+        File::open(path).unwrap().sync_all().unwrap();
+        let status = std::process::Command::new("dd")
+            .arg(format!("if={}", path.display()))
+            .args(["iflag=nocache", "count=0", "status=none"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(cached_pages(path), 0, "{} still cached", path.display());
+    }
+
+    #[test]
+    fn a_short_read_that_misses_reads_the_aligned_block_around_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        evict(&path);
+        let src = FileSource::open(&path).unwrap();
+        // 4 KiB inside the 64 KiB block at 256 KiB, crossing no block boundary.
+        let mut buf = vec![0u8; 4096];
+        src.read_exact_at(&mut buf, 300_000).unwrap();
+        assert_eq!(buf, data[300_000..304_096]);
+        let pages = cached_pages(&path);
+        assert!((16..=32).contains(&pages), "{pages} pages cached");
+        // A read that straddles two blocks brings in both.
+        evict(&path);
+        src.read_exact_at(&mut buf, 3 * 65536 - 100).unwrap();
+        assert_eq!(buf, data[3 * 65536 - 100..3 * 65536 - 100 + 4096]);
+        assert!(cached_pages(&path) >= 32);
+        // Bytes already cached are read without the disk, and are the same.
+        src.read_exact_at(&mut buf, 300_000).unwrap();
+        assert_eq!(buf, data[300_000..304_096]);
+    }
+
+    #[test]
+    fn a_read_at_the_end_of_a_cached_file_reads_zeros_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, [5u8; 70_000]).unwrap();
+        let src = FileSource::open(&path).unwrap();
+        let mut buf = [1u8; 100];
+        src.read_exact_at(&mut buf, 69_950).unwrap();
+        assert_eq!(buf[..50], [5u8; 50]);
+        assert_eq!(buf[50..], [0u8; 50]);
+        evict(&path);
+        let mut buf = [1u8; 100];
+        src.read_exact_at(&mut buf, 69_950).unwrap();
+        assert_eq!(buf[..50], [5u8; 50]);
+        assert_eq!(buf[50..], [0u8; 50]);
     }
 
     #[test]

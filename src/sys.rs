@@ -1,4 +1,5 @@
-//! The libc calls std does not wrap: malloc tuning and page-cache advice.
+//! The libc calls std does not wrap: malloc tuning, page-cache advice and reads that must not
+//! wait for the disk.
 
 #![allow(unsafe_code)]
 
@@ -31,5 +32,45 @@ pub fn advise_will_need(file: &std::fs::File, offset: u64, len: u64) {
     // a live File for the duration of the call.
     unsafe {
         libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED);
+    }
+}
+
+/// What [`read_if_cached`] found.
+pub enum CachedRead {
+    /// This many bytes were in the page cache and were read (fewer than asked: the rest is
+    /// not cached, or the file ends).
+    Read(usize),
+    /// Nothing at `offset` is in the page cache: reading it would wait for the disk.
+    NotCached,
+    /// The file's filesystem cannot tell (no RWF_NOWAIT support).
+    Unsupported,
+}
+
+/// Reads from `file` at `offset` only what is already in the page cache, never waiting for
+/// the disk (preadv2 with RWF_NOWAIT).
+pub fn read_if_cached(
+    file: &std::fs::File,
+    buf: &mut [u8],
+    offset: u64,
+) -> std::io::Result<CachedRead> {
+    use std::os::fd::AsRawFd;
+    let Ok(offset) = libc::off_t::try_from(offset) else {
+        return Ok(CachedRead::Unsupported);
+    };
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: the one iovec describes `buf`, which is valid for writes of its length and
+    // exclusively borrowed for the call; the descriptor is borrowed from a live File.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    if let Ok(n) = usize::try_from(n) {
+        return Ok(CachedRead::Read(n));
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) => Ok(CachedRead::NotCached),
+        Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => Ok(CachedRead::Unsupported),
+        _ => Err(e),
     }
 }
