@@ -240,6 +240,11 @@ mod tests {
         // Bytes already cached are read without the disk, and are the same.
         src.read_exact_at(&mut buf, 300_000).unwrap();
         assert_eq!(buf, data[300_000..304_096]);
+        // An offset no file can have fails that read only: read-around stays on.
+        assert!(src.read_exact_at(&mut buf, 1 << 63).is_err());
+        evict(&path);
+        src.read_exact_at(&mut buf, 300_000).unwrap();
+        assert!(cached_pages(&path) >= 16);
     }
 
     #[test]

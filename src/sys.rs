@@ -54,8 +54,9 @@ pub fn read_if_cached(
     offset: u64,
 ) -> std::io::Result<CachedRead> {
     use std::os::fd::AsRawFd;
+    // Past off_t, pread fails the same way: the offset is wrong, not the filesystem.
     let Ok(offset) = libc::off_t::try_from(offset) else {
-        return Ok(CachedRead::Unsupported);
+        return Err(std::io::ErrorKind::InvalidInput.into());
     };
     let iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
