@@ -263,7 +263,7 @@ fi
 DEPTH_MNT=$W/mnt-depth
 mkdir -p "$DEPTH_MNT"
 depth_pair() { # cached|cold -> "64-deep-median 1-deep-median"
-  local d=() o=() flag="" pid
+  local d="" o="" flag="" pid
   [ "$1" = cached ] && flag=iflag=direct
   for _ in 1 2 3 4 5; do
     pid=$(mount_fresh "$DEPTH_MNT")
@@ -273,12 +273,12 @@ depth_pair() { # cached|cold -> "64-deep-median 1-deep-median"
     else
       drop_caches
     fi
-    o+=("$(seq_read "$DEPTH_MNT/$PREFIX-flat/live/vda.raw" $flag)")
+    o+=" $(seq_read "$DEPTH_MNT/$PREFIX-flat/live/vda.raw" $flag)"
     [ "$1" = cold ] && drop_caches
-    d+=("$(seq_read "$DEPTH_MNT/$PREFIX-c64/live/vda.raw" $flag)")
+    d+=" $(seq_read "$DEPTH_MNT/$PREFIX-c64/live/vda.raw" $flag)"
     unmount_fresh "$DEPTH_MNT" "$pid"
   done
-  echo "$(printf '%s\n' "${d[@]}" | median) $(printf '%s\n' "${o[@]}" | median)"
+  medians "$d" "$o"
 }
 read -r deep one <<< "$(depth_pair cached)"
 result "seq 1 MiB, 64-deep vs 1-deep, images cached" "$deep" "$one" MB/s 0.8 ge
