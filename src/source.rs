@@ -180,6 +180,7 @@ impl ByteSource for MemorySource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn memory_source_reads_zeros_past_the_end() {
@@ -206,6 +207,31 @@ mod tests {
             .unwrap()
     }
 
+    /// Pages of `path` in the page cache once at least `at_least` are there and the count has
+    /// stopped changing, or as many as there are after 10 s. A page under read counts only
+    /// once its read has finished (mincore(2) reports up-to-date pages), and the read that
+    /// POSIX_FADV_WILLNEED starts is asynchronous: right after the advice, none of its pages
+    /// may count yet. Waiting for the count to settle keeps an upper bound honest too.
+    fn settled_cached_pages(path: &Path, at_least: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = cached_pages(path);
+        let mut unchanged_since = Instant::now();
+        loop {
+            let now = Instant::now();
+            if now >= deadline
+                || (last >= at_least && now - unchanged_since >= Duration::from_millis(100))
+            {
+                return last;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            let pages = cached_pages(path);
+            if pages != last {
+                last = pages;
+                unchanged_since = Instant::now();
+            }
+        }
+    }
+
     /// Writes `path` out and drops it from the page cache (coreutils dd's nocache).
     fn evict(path: &Path) {
         File::open(path).unwrap().sync_all().unwrap();
@@ -230,13 +256,16 @@ mod tests {
         let mut buf = vec![0u8; 4096];
         src.read_exact_at(&mut buf, 300_000).unwrap();
         assert_eq!(buf, data[300_000..304_096]);
-        let pages = cached_pages(&path);
+        // Without the read-around, the kernel reads only the two pages asked for (a small
+        // random read gets no readahead), so the count never reaches 16.
+        let pages = settled_cached_pages(&path, 16);
         assert!((16..=32).contains(&pages), "{pages} pages cached");
         // A read that straddles two blocks brings in both.
         evict(&path);
         src.read_exact_at(&mut buf, 3 * 65536 - 100).unwrap();
         assert_eq!(buf, data[3 * 65536 - 100..3 * 65536 - 100 + 4096]);
-        assert!(cached_pages(&path) >= 32);
+        let pages = settled_cached_pages(&path, 32);
+        assert!(pages >= 32, "{pages} pages cached");
         // Bytes already cached are read without the disk, and are the same.
         src.read_exact_at(&mut buf, 300_000).unwrap();
         assert_eq!(buf, data[300_000..304_096]);
@@ -244,7 +273,8 @@ mod tests {
         assert!(src.read_exact_at(&mut buf, 1 << 63).is_err());
         evict(&path);
         src.read_exact_at(&mut buf, 300_000).unwrap();
-        assert!(cached_pages(&path) >= 16);
+        let pages = settled_cached_pages(&path, 16);
+        assert!(pages >= 16, "{pages} pages cached");
     }
 
     #[test]
