@@ -339,9 +339,7 @@ fn run_foreground(request: &MountRequest, options: MountOptions) -> Result<(), S
             Ok(sig) => {
                 info!("signal {sig}: unmounting {}", request.mountpoint.display());
                 signal_handle.close();
-                return session
-                    .umount_and_join()
-                    .map_err(|e| format!("unmount failed: {e}"));
+                return unmount_and_join(session, &request.mountpoint);
             }
             Err(mpsc::RecvTimeoutError::Timeout) if session.guard.is_finished() => {
                 info!("{} was unmounted", request.mountpoint.display());
@@ -353,6 +351,25 @@ fn run_foreground(request: &MountRequest, options: MountOptions) -> Result<(), S
             }
             Err(_) => {}
         }
+    }
+}
+
+/// Unmounts the session's mount point and waits for the session to end. A mount point that
+/// is no longer mounted (`fusermount3 -u` or `umount` came first, and the signal before the
+/// session's end was noticed) is not a failure: fuser still calls umount(2), which answers
+/// EINVAL for a directory that is not a mount point (ENOENT if the directory is gone too).
+/// Any other failure, such as EBUSY while something uses the mount, is reported.
+fn unmount_and_join(session: fuser::BackgroundSession, mountpoint: &Path) -> Result<(), String> {
+    match session.umount_and_join() {
+        Ok(()) => Ok(()),
+        Err(e)
+            if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT))
+                && !is_mounted(mountpoint) =>
+        {
+            info!("{} was already unmounted", mountpoint.display());
+            Ok(())
+        }
+        Err(e) => Err(format!("unmount failed: {e}")),
     }
 }
 

@@ -467,6 +467,50 @@ fn foreground_mount_unmounts_cleanly_on_sigterm() {
 }
 
 #[test]
+fn sigterm_after_fusermount3_unmounted_it_exits_0_without_an_error() {
+    // The signal must come before the daemon notices the unmount by itself (it looks every
+    // 200 ms), for the path under test to be the one taken: repeated until its log shows so,
+    // which the first try nearly always does.
+    for _ in 0..5 {
+        let mut mount = Mount::new(&[]);
+        let root = mount.root();
+        sh("fusermount3", &["-u", root.to_str().unwrap()]);
+        let status = mount.stop();
+        let log = mount.log_text();
+        assert!(status.success(), "{status}: {log}");
+        assert!(!log.contains("ERROR"), "{log}");
+        assert!(!virtsnapfs::mount::is_mounted(&root), "{log}");
+        if log.contains("signal 15: unmounting") {
+            return;
+        }
+    }
+    panic!("the daemon noticed the unmount before the signal every time");
+}
+
+#[test]
+fn sigterm_while_the_mount_is_busy_reports_the_failure() {
+    let mut mount = Mount::new(&[]);
+    let root = mount.root();
+    // A process whose working directory is inside the mount: umount(2) answers EBUSY.
+    let mut user = Command::new("sleep")
+        .arg("60")
+        .current_dir(&root)
+        .spawn()
+        .unwrap();
+    let status = mount.stop();
+    let _ = user.kill();
+    let _ = user.wait();
+    // The daemon is gone: clear the dead mount it leaves.
+    sh("fusermount3", &["-u", "-z", root.to_str().unwrap()]);
+    let log = mount.log_text();
+    assert!(!status.success(), "{status}: {log}");
+    assert!(
+        log.contains("ERROR") && log.contains("unmount failed: Device or resource busy"),
+        "{log}"
+    );
+}
+
+#[test]
 fn detached_mount_and_fstab_style_mount_through_mount_fuse3() {
     let dom = TestDomain::new("detach", "1M");
     let dir = tempfile::tempdir().unwrap();
