@@ -5,7 +5,7 @@
 use std::ffi::{OsStr, OsString};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -34,45 +34,129 @@ impl FuseAdapter {
     }
 }
 
-/// Sends the core's invalidations to the kernel from a worker thread: never from a request
-/// handler, where the kernel may hold the very directory lock a notification needs. Each
-/// batch is sent twice, the second time after the kernel has finished its own bookkeeping of
-/// the request that caused it (a rename moves the dentry after our reply).
+/// Sends the core's invalidations to the kernel. Inodes go at once, from the caller's
+/// thread (no directory lock is involved). Entries go from a worker thread: never from a
+/// request handler, where the kernel may hold the very directory lock a notification needs.
+/// Each batch of entries is sent as soon as it is handed over (it then waits for the
+/// directory locks of the request that caused it, so it lands after the kernel's own
+/// bookkeeping of that request: a rename moves the dentry after our reply), and the whole
+/// batch once more [`RESEND_AFTER`] later, without holding up the batches handed over in
+/// between.
 pub struct NotifierKernelCache {
-    tx: parking_lot::Mutex<mpsc::Sender<Invalidation>>,
+    notifier: fuser::Notifier,
+    tx: parking_lot::Mutex<mpsc::Sender<Batch>>,
+    progress: Arc<SendProgress>,
+}
+
+/// Drops the attributes and cached pages of each inode. ENOENT (not cached) is harmless.
+fn forget_inodes(notifier: &fuser::Notifier, inodes: &[u64]) {
+    for ino in inodes {
+        let _ = notifier.inval_inode(INodeNo(*ino), 0, 0);
+    }
+}
+
+/// Drops each (parent, name) entry. ENOENT (not cached) is harmless.
+fn forget_entries(notifier: &fuser::Notifier, entries: &[(u64, OsString)]) {
+    for (parent, name) in entries {
+        let _ = notifier.inval_entry(INodeNo(*parent), name);
+    }
 }
 
 /// (parent inode, name) entries and inodes to drop from the kernel's caches.
 type Invalidation = (Vec<(u64, OsString)>, Vec<u64>);
 
+/// A batch and its sequence number (1, 2, ...).
+type Batch = (u64, Invalidation);
+
+/// When a batch is sent the second time.
+const RESEND_AFTER: Duration = Duration::from_millis(100);
+
+/// How many batches were handed over and how many have been sent once.
+#[derive(Default)]
+struct SendProgress {
+    counts: parking_lot::Mutex<(u64, u64)>,
+    sent: parking_lot::Condvar,
+}
+
 impl NotifierKernelCache {
     pub fn start(notifier: fuser::Notifier) -> NotifierKernelCache {
-        let (tx, rx) = mpsc::channel::<Invalidation>();
+        let (tx, rx) = mpsc::channel::<Batch>();
+        let progress = Arc::new(SendProgress::default());
+        let sender_progress = progress.clone();
+        let worker = notifier.clone();
         std::thread::spawn(move || {
-            let send = |entries: &[(u64, OsString)], inodes: &[u64]| {
-                // ENOENT (nothing cached) is the common, harmless answer.
-                for (parent, name) in entries {
-                    let _ = notifier.inval_entry(INodeNo(*parent), name);
+            let notifier = worker;
+            let mut resends: std::collections::VecDeque<(Instant, Invalidation)> =
+                std::collections::VecDeque::new();
+            loop {
+                let next = match resends.front() {
+                    Some((due, _)) => {
+                        rx.recv_timeout(due.saturating_duration_since(Instant::now()))
+                    }
+                    None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                };
+                match next {
+                    Ok((seq, batch)) => {
+                        forget_entries(&notifier, &batch.0);
+                        let mut counts = sender_progress.counts.lock();
+                        counts.1 = counts.1.max(seq);
+                        sender_progress.sent.notify_all();
+                        drop(counts);
+                        resends.push_back((Instant::now() + RESEND_AFTER, batch));
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 }
-                for ino in inodes {
-                    let _ = notifier.inval_inode(INodeNo(*ino), 0, 0);
+                while resends
+                    .front()
+                    .is_some_and(|(due, _)| *due <= Instant::now())
+                {
+                    if let Some((_, (entries, inodes))) = resends.pop_front() {
+                        forget_entries(&notifier, &entries);
+                        forget_inodes(&notifier, &inodes);
+                    }
                 }
-            };
-            while let Ok((entries, inodes)) = rx.recv() {
-                send(&entries, &inodes);
-                std::thread::sleep(Duration::from_millis(100));
-                send(&entries, &inodes);
             }
         });
         NotifierKernelCache {
+            notifier,
             tx: parking_lot::Mutex::new(tx),
+            progress,
         }
     }
 }
 
 impl KernelCache for NotifierKernelCache {
     fn invalidate(&self, entries: Vec<(u64, OsString)>, inodes: Vec<u64>) {
-        let _ = self.tx.lock().send((entries, inodes));
+        forget_inodes(&self.notifier, &inodes);
+        // Numbered and queued under one lock, so batches are queued in their numbers' order.
+        let tx = self.tx.lock();
+        let seq = {
+            let mut counts = self.progress.counts.lock();
+            counts.0 += 1;
+            counts.0
+        };
+        let _ = tx.send((seq, (entries, inodes)));
+    }
+
+    fn settle(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let mut counts = self.progress.counts.lock();
+        let target = counts.0;
+        while counts.1 < target {
+            if self
+                .progress
+                .sent
+                .wait_until(&mut counts, deadline)
+                .timed_out()
+            {
+                log::debug!(
+                    "invalidations {}..={target} not yet delivered after {limit:?}; answering anyway",
+                    counts.1 + 1
+                );
+                return;
+            }
+        }
     }
 }
 

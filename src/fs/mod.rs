@@ -134,9 +134,35 @@ impl Default for Options {
 }
 
 enum Handle {
-    Disk { chain: Arc<Chain>, label: String },
+    Disk {
+        chain: Arc<Chain>,
+        label: String,
+        /// Set for live disks, whose bytes an operation on the domain replaces.
+        live: Option<LiveHandle>,
+    },
     Bytes(Arc<[u8]>),
 }
+
+/// A domain's change counter. Odd while a snapshot operation on the domain runs; it moves on
+/// by one when the operation starts and again when it ends, and by two when the refresher
+/// finds that libvirt changed the domain.
+type ChangeCounter = Arc<AtomicU64>;
+
+/// What a handle open on `live/TARGET.raw` needs to follow the disk: an open handle reads
+/// the disk as it is at each read, as a handle on a block device does. Its chain is opened
+/// again at the first read after the domain changed, and a read that overlaps an operation
+/// waits for it to end, so every read returns the bytes of one state, never a mix.
+#[derive(Clone)]
+struct LiveHandle {
+    domain: String,
+    target: String,
+    changes: ChangeCounter,
+    /// The counter's value when `chain` was opened.
+    opened_at: u64,
+}
+
+/// How often a live disk's read starts again because an operation began during it.
+const LIVE_READ_TRIES: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum ChainKey {
@@ -151,10 +177,19 @@ struct ChainEntry {
 }
 
 /// The kernel's caches of names, attributes and pages, which must forget what an operation
-/// changed. The FUSE adapter implements it with fuser's Notifier; it must not block (the
-/// kernel holds directory locks while it waits for the reply of mkdir, rename and rmdir).
+/// changed. The FUSE adapter implements it with fuser's Notifier.
 pub trait KernelCache: Send + Sync {
+    /// Makes the kernel forget `inodes`' attributes and cached pages before it returns (so
+    /// a handle held open reads the new bytes as soon as the operation's reply arrives), and
+    /// hands over `entries` to forget without waiting for them: the kernel holds directory
+    /// locks while it waits for the reply of mkdir, rename and rmdir, and forgetting an
+    /// entry takes its directory's lock. Forgetting pages waits for reads in flight, so the
+    /// caller must hold nothing those reads wait for (a domain's operation lock).
     fn invalidate(&self, entries: Vec<(u64, OsString)>, inodes: Vec<u64>);
+    /// Waits until everything handed to [`KernelCache::invalidate`] so far has reached the
+    /// kernel, or `limit` has passed (the request being answered may itself hold a lock that
+    /// an invalidation waits for; the limit keeps that from becoming a deadlock).
+    fn settle(&self, _limit: Duration) {}
 }
 
 struct NoKernelCache;
@@ -162,6 +197,11 @@ struct NoKernelCache;
 impl KernelCache for NoKernelCache {
     fn invalidate(&self, _entries: Vec<(u64, OsString)>, _inodes: Vec<u64>) {}
 }
+
+/// How long a lookup waits for earlier invalidations to reach the kernel. They take
+/// microseconds once the request that caused them has finished; the limit only matters when
+/// the lookup's own request holds a lock an invalidation needs.
+const SETTLE_LIMIT: Duration = Duration::from_millis(250);
 
 /// Whether a snapshot operation can change which entries a domain's tree has: a revert keeps
 /// every name where it was (only bytes and the current snapshot change).
@@ -183,6 +223,8 @@ pub struct VirtSnapFs {
     disk_attrs: Mutex<LruCache<(ChainKey, ChainSpec), (u64, u64)>>,
     /// What the last open of each disk served, to decide whether its cached pages are valid.
     served: Mutex<HashMap<ChainKey, String>>,
+    /// Each domain's change counter, for the live-disk handles that follow it.
+    changes: Mutex<HashMap<String, ChangeCounter>>,
     cache: Arc<MetadataCache>,
     options: Options,
     mounted_at: SystemTime,
@@ -214,6 +256,7 @@ impl VirtSnapFs {
                 NonZeroUsize::new(OPEN_CHAINS).expect("nonzero"),
             )),
             served: Mutex::new(HashMap::new()),
+            changes: Mutex::new(HashMap::new()),
             disk_attrs: Mutex::new(LruCache::new(
                 NonZeroUsize::new(DISK_ATTRS).expect("nonzero"),
             )),
@@ -615,7 +658,15 @@ impl VirtSnapFs {
         }
     }
 
+    /// Finds `name` in directory `parent`. Answers only once earlier invalidations have
+    /// reached the kernel: a revert answered with success makes the kernel move the snapshot's
+    /// directory entry onto `live/NAME`, a place where the tree has no such entry, and until
+    /// that entry is forgotten the kernel holds the snapshot's inode in two places. A lookup
+    /// of the snapshot's real name answered then makes the kernel move the stray entry back,
+    /// which it cannot do while a rename holds its rename lock: `mv` (a rename) of the
+    /// snapshot, or any lookup during any rename on the mount, fails with ESTALE.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
+        self.kernel_cache.read().clone().settle(SETTLE_LIMIT);
         let parent_key = self.key(parent)?;
         let name = name
             .to_str()
@@ -707,25 +758,17 @@ impl VirtSnapFs {
                 (Handle::Bytes(Arc::from(snap.xml.as_bytes())), true)
             }
             NodeKey::LiveDisk(d, t) => {
-                let m = self.domain(d)?;
-                let disk = self.live_disk(&m, t)?;
-                let label = format!("domain {d} live disk {t}");
-                let key = ChainKey::Live(d.clone(), t.clone());
-                // A live disk may be changing: re-read its metadata at every open.
-                let chain = self.chain(key.clone(), &disk.chain, Some(Duration::ZERO), &label)?;
-                // Pages cached by earlier reads stay valid while the domain is shut off and the
-                // same files, unchanged, serve this open as served the previous one.
-                // Unchanged mtimes and sizes of the same files mean unchanged bytes.
-                let files: Vec<std::path::PathBuf> = chain
-                    .layers()
-                    .iter()
-                    .flat_map(|l| std::iter::once(&l.path).chain(l.data_file.as_ref()))
-                    .cloned()
-                    .collect();
-                let stamp = crate::ops::images::files_stamp(&files);
-                let served = format!("{:?}|{files:?}|{stamp:?}", disk.chain);
-                let same = self.remember_served(key, served);
-                (Handle::Disk { chain, label }, !m.active && same)
+                let changes = self.change_counter(d);
+                let opened_at = changes.load(Ordering::Acquire);
+                let (chain, label, keep_cache) = self.open_live_disk(d, t)?;
+                let live = LiveHandle {
+                    domain: d.clone(),
+                    target: t.clone(),
+                    changes,
+                    opened_at,
+                };
+                let live = Some(live);
+                (Handle::Disk { chain, label, live }, keep_cache)
             }
             NodeKey::SnapshotDisk(d, s, t) => {
                 let m = self.domain(d)?;
@@ -739,7 +782,14 @@ impl VirtSnapFs {
                 let created = m.snapshot(s).map_or(0, |s| s.creation_time);
                 let served = format!("{:?}|{created}", disk.chain);
                 let same = self.remember_served(key, served);
-                (Handle::Disk { chain, label }, same)
+                (
+                    Handle::Disk {
+                        chain,
+                        label,
+                        live: None,
+                    },
+                    same,
+                )
             }
             NodeKey::Current(_) => {
                 return Err(fs_err!(
@@ -758,10 +808,95 @@ impl VirtSnapFs {
         })
     }
 
+    /// The chain of live disk `target` of `domain` as it is now, its label for messages, and
+    /// whether pages the kernel cached from the previous open are still right.
+    fn open_live_disk(
+        &self,
+        domain: &str,
+        target: &str,
+    ) -> Result<(Arc<Chain>, String, bool), FsError> {
+        let m = self.domain(domain)?;
+        let disk = self.live_disk(&m, target)?;
+        let label = format!("domain {domain} live disk {target}");
+        let key = ChainKey::Live(domain.to_string(), target.to_string());
+        // A live disk may be changing: re-read its metadata at every open.
+        let chain = self.chain(key.clone(), &disk.chain, Some(Duration::ZERO), &label)?;
+        // Pages cached by earlier reads stay valid while the domain is shut off and the
+        // same files, unchanged, serve this open as served the previous one.
+        // Unchanged mtimes and sizes of the same files mean unchanged bytes.
+        let files: Vec<std::path::PathBuf> = chain
+            .layers()
+            .iter()
+            .flat_map(|l| std::iter::once(&l.path).chain(l.data_file.as_ref()))
+            .cloned()
+            .collect();
+        let stamp = crate::ops::images::files_stamp(&files);
+        let served = format!("{:?}|{files:?}|{stamp:?}", disk.chain);
+        let same = self.remember_served(key, served);
+        Ok((chain, label, !m.active && same))
+    }
+
+    fn change_counter(&self, domain: &str) -> ChangeCounter {
+        self.changes
+            .lock()
+            .entry(domain.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Runs `f` on the chain a disk handle reads now. A live disk's handle first waits for
+    /// an operation on its domain to end and opens the disk again if the domain changed since;
+    /// if an operation starts while `f` runs, `f` runs again on the new state.
+    fn with_disk<T>(
+        &self,
+        fh: u64,
+        mut f: impl FnMut(&Chain, &str) -> Result<T, FsError>,
+    ) -> Result<T, FsError> {
+        let (mut chain, label, live) = match self.handle(fh)? {
+            HandleRef::Disk(chain, label, live) => (chain, label, live),
+            HandleRef::Bytes(_) => {
+                return Err(fs_err!(InvalidArgument, "file handle {fh} is not a disk"))
+            }
+        };
+        let Some(mut live) = live else {
+            return f(&chain, &label);
+        };
+        for _ in 0..LIVE_READ_TRIES {
+            let now = live.changes.load(Ordering::Acquire);
+            if now % 2 == 1 {
+                // The operation holds the domain's lock until it has ended.
+                drop(self.ops.domain_lock(&live.domain).lock());
+                continue;
+            }
+            if now != live.opened_at {
+                chain = self.open_live_disk(&live.domain, &live.target)?.0;
+                live.opened_at = now;
+                if let Some(Handle::Disk {
+                    chain: held,
+                    live: Some(h),
+                    ..
+                }) = self.handles.lock().get_mut(&fh)
+                {
+                    *held = chain.clone();
+                    h.opened_at = now;
+                }
+                log::debug!("{label}: handle {fh} follows the disk to its new state");
+            }
+            let result = f(&chain, &label)?;
+            if live.changes.load(Ordering::Acquire) == now {
+                return Ok(result);
+            }
+        }
+        Err(fs_err!(
+            Io,
+            "{label}: snapshot operations on the domain kept replacing the disk during the read; read again"
+        ))
+    }
+
     fn handle(&self, fh: u64) -> Result<HandleRef, FsError> {
         match self.handles.lock().get(&fh) {
-            Some(Handle::Disk { chain, label }) => {
-                Ok(HandleRef::Disk(chain.clone(), label.clone()))
+            Some(Handle::Disk { chain, label, live }) => {
+                Ok(HandleRef::Disk(chain.clone(), label.clone(), live.clone()))
             }
             Some(Handle::Bytes(b)) => Ok(HandleRef::Bytes(b.clone())),
             None => Err(fs_err!(BadHandle, "file handle {fh} is not open")),
@@ -785,9 +920,11 @@ impl VirtSnapFs {
                 buf[..end - start].copy_from_slice(&b[start..end]);
                 Ok(end - start)
             }
-            HandleRef::Disk(chain, label) => chain
-                .read_at(buf, offset)
-                .map_err(|e| fs_err!(Io, "{label}: read at {offset}: {e}")),
+            HandleRef::Disk(..) => self.with_disk(fh, |chain, label| {
+                chain
+                    .read_at(buf, offset)
+                    .map_err(|e| fs_err!(Io, "{label}: read at {offset}: {e}"))
+            }),
         }
     }
 
@@ -805,7 +942,7 @@ impl VirtSnapFs {
                     Whence::Hole => len,
                 })
             }
-            HandleRef::Disk(chain, label) => {
+            HandleRef::Disk(..) => self.with_disk(fh, |chain, label| {
                 if offset >= chain.size() {
                     return Err(past_end());
                 }
@@ -814,7 +951,7 @@ impl VirtSnapFs {
                     Whence::Data => chain.next_data(offset).map_err(io)?.ok_or_else(past_end),
                     Whence::Hole => chain.next_hole(offset).map_err(io),
                 }
-            }
+            }),
         }
     }
 
@@ -908,6 +1045,7 @@ impl VirtSnapFs {
             };
             if let Some((before, after)) = self.catalog.recheck(&domain) {
                 self.forget_served(&domain);
+                self.change_counter(&domain).fetch_add(2, Ordering::AcqRel);
                 for m in before.iter().chain(after.iter()) {
                     entries.extend(self.cached_entries(m));
                 }
@@ -983,7 +1121,11 @@ impl VirtSnapFs {
         op: impl FnOnce(&DomainModel, Option<LayoutFetch>) -> Result<T, FsError>,
     ) -> Result<T, FsError> {
         let lock = self.ops.domain_lock(domain);
-        let _guard = lock.lock();
+        let guard = lock.lock();
+        // Odd from here until the caches are cleared: live-disk reads wait (with_disk).
+        let changes = self.change_counter(domain);
+        changes.fetch_add(1, Ordering::AcqRel);
+        let _ended = ChangeEnds(&changes);
         let fetch = scans_first.then(|| self.ops.start_scan());
         self.ops.offer_models(self.catalog.loaded_models());
         let before = self
@@ -1004,6 +1146,9 @@ impl VirtSnapFs {
         entries.dedup();
         // Snapshot disks may now be other chains (after a merge), live disks other bytes.
         self.chains.lock().clear();
+        // Reads that waited for the operation go on before the kernel drops their pages.
+        drop(_ended);
+        drop(guard);
         self.kernel_cache
             .read()
             .invalidate(entries, self.inodes.of_domain(domain));
@@ -1199,7 +1344,16 @@ impl VirtSnapFs {
     }
 }
 
+/// Moves a domain's change counter on when an operation ends, however it ends.
+struct ChangeEnds<'a>(&'a AtomicU64);
+
+impl Drop for ChangeEnds<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
 enum HandleRef {
-    Disk(Arc<Chain>, String),
+    Disk(Arc<Chain>, String, Option<LiveHandle>),
     Bytes(Arc<[u8]>),
 }
