@@ -18,6 +18,8 @@ PACKAGES=(
   # fincore, with which tests count a file's cached pages (util-linux pulls it in on Debian 12;
   # named so the tests' need stays written down).
   util-linux-extra
+  # systemd-analyze, with which a test checks the shipped unit (systemd need not be running).
+  systemd
 )
 
 missing=()

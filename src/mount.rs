@@ -326,6 +326,7 @@ fn run_foreground(request: &MountRequest, options: MountOptions) -> Result<(), S
     fs.start_refresher();
     set_readahead(&request.mountpoint, options.readahead_kb);
     info!("mounted on {}", request.mountpoint.display());
+    notify_service_manager("READY=1");
 
     let (tx, rx) = mpsc::channel();
     let signal_handle = signals.handle();
@@ -338,11 +339,13 @@ fn run_foreground(request: &MountRequest, options: MountOptions) -> Result<(), S
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(sig) => {
                 info!("signal {sig}: unmounting {}", request.mountpoint.display());
+                notify_service_manager("STOPPING=1");
                 signal_handle.close();
                 return unmount_and_join(session, &request.mountpoint);
             }
             Err(mpsc::RecvTimeoutError::Timeout) if session.guard.is_finished() => {
                 info!("{} was unmounted", request.mountpoint.display());
+                notify_service_manager("STOPPING=1");
                 signal_handle.close();
                 return session.join().map_err(|e| {
                     error!("session ended with an error: {e}");
@@ -371,6 +374,34 @@ fn unmount_and_join(session: fuser::BackgroundSession, mountpoint: &Path) -> Res
         }
         Err(e) => Err(format!("unmount failed: {e}")),
     }
+}
+
+/// Tells the service manager that started this process about a change of state: `READY=1`
+/// once mounted, `STOPPING=1` when unmounting (systemd's `Type=notify`, through the datagram
+/// socket named in NOTIFY_SOCKET). Nothing to do when no service manager asked.
+fn notify_service_manager(state: &str) {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    if let Err(e) = send_notification(&socket, state) {
+        log::warn!(
+            "could not tell the service manager {state} through {}: {e}",
+            Path::new(&socket).display()
+        );
+    }
+}
+
+fn send_notification(socket: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    // A name starting with '@' is an abstract socket (systemd's usual choice).
+    let address = match socket.as_bytes().strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name)?,
+        None => SocketAddr::from_pathname(socket)?,
+    };
+    UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &address)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -414,6 +445,25 @@ mod tests {
         assert_eq!(connection_uri(&r, &none).as_deref(), Some("qemu:///system"));
         r.source = Some("virtsnapfs".into());
         assert_eq!(connection_uri(&r, &none), None);
+    }
+
+    #[test]
+    fn notifications_reach_path_and_abstract_sockets() {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr, UnixDatagram};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let by_path = UnixDatagram::bind(&path).unwrap();
+        send_notification(path.as_os_str(), "READY=1").unwrap();
+        let mut buf = [0u8; 64];
+        let n = by_path.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+        let name = format!("virtsnapfs-test-{}", std::process::id());
+        let abstract_socket =
+            UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(&name).unwrap()).unwrap();
+        send_notification(format!("@{name}").as_ref(), "STOPPING=1").unwrap();
+        let n = abstract_socket.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"STOPPING=1");
     }
 
     #[test]
