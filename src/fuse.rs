@@ -14,7 +14,8 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::fs::{Attr, FsError, KernelCache, NodeKind, VirtSnapFs, Whence};
+use crate::error::FsError;
+use crate::fs::{Attr, KernelCache, NodeKind, VirtSnapFs, Whence};
 
 /// Largest read the kernel sends us in one request (fuser derives max_pages from it).
 const MAX_READ: u32 = 1 << 20;

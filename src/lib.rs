@@ -7,9 +7,11 @@
 //! - [`image`]: backing chains (qcow2 and raw layers) read as one disk.
 //! - [`inspect`]: the `virtsnapfs inspect` report of a chain.
 //! - [`model`]: domains, disks and snapshot trees as plain data.
-//! - [`libvirt`]: builds the model from libvirt (connection, XML).
-//! - [`fs`]: the filesystem core (tree, lookups, reads, errno table), FUSE-agnostic.
+//! - [`backend`]: what the filesystem and the operations need from the hypervisor side.
+//! - [`libvirt`]: builds the model from libvirt (connection, XML); the real [`backend`].
+//! - [`error`]: the errors of the filesystem and its operations, and the one errno table.
 //! - [`ops`]: the snapshot operations behind mkdir, rename and rmdir.
+//! - [`fs`]: the filesystem core (tree, lookups, reads), FUSE-agnostic; calls [`ops`].
 //! - [`fuse`]: the thin fuser adapter over [`fs`].
 //! - [`mount`]: command-line mount options, daemonizing and clean unmounting.
 //! - [`parallel`]: work spread over a few scoped threads.
@@ -19,7 +21,9 @@
 // in sys.rs, each of which allows it.
 #![deny(unsafe_code)]
 
+pub mod backend;
 pub mod cache;
+pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod image;

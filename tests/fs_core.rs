@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use virt::connect::Connect;
-use virtsnapfs::fs::{ErrorKind, NodeKind, Options, VirtSnapFs, Whence};
+use virtsnapfs::error::ErrorKind;
+use virtsnapfs::fs::{NodeKind, Options, VirtSnapFs, Whence};
 use virtsnapfs::libvirt::LibvirtBackend;
 
 const URI: &str = "test:///default";

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::vm::{eventually, expected_tree, mounted_tree, p, sh, Mount, TestDomain, URI};
-use virtsnapfs::fs::backend::Backend;
+use virtsnapfs::backend::Backend;
 
 /// SHA-256 of every disk of `dom`, read with the library (not through a mount), keyed
 /// "live" or the snapshot's name.

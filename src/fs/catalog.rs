@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use log::warn;
 use parking_lot::Mutex;
 
-use super::backend::Backend;
-use super::error::FsError;
+use crate::backend::Backend;
+use crate::error::FsError;
 use crate::fs_err;
 use crate::model::DomainModel;
 

@@ -1,5 +1,5 @@
 //! The filesystem itself, independent of FUSE: a tree of domains, live disks and snapshot
-//! trees over a [`backend::Backend`], with every operation returning `Result<_, FsError>`.
+//! trees over a [`crate::backend::Backend`], with every operation returning `Result<_, FsError>`.
 //! `crate::fuse` only translates these calls and results to and from the kernel protocol, so
 //! everything here is tested without a mount.
 //!
@@ -12,9 +12,7 @@
 //! ```
 //! See doc/SEMANTICS.md for every path and operation.
 
-pub mod backend;
 pub mod catalog;
-pub mod error;
 pub mod inode;
 pub mod names;
 
@@ -29,15 +27,15 @@ use log::warn;
 use lru::LruCache;
 use parking_lot::Mutex;
 
+use crate::backend::Backend;
 use crate::cache::MetadataCache;
+use crate::error::FsError;
 use crate::fs_err;
 use crate::image::{open_chain, Chain, ChainSpec};
 use crate::model::{DiskModel, DomainModel};
 use crate::ops::scan::LayoutFetch;
 use crate::ops::{OpsOptions, SnapshotOps};
-use backend::Backend;
 use catalog::Catalog;
-pub use error::{ErrorKind, FsError};
 use inode::{NodeKey, ROOT_INO};
 
 pub const DOMAIN_XML: &str = "domain.xml";

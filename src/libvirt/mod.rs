@@ -11,7 +11,7 @@ use log::{info, warn};
 use parking_lot::Mutex;
 use virt::connect::Connect;
 
-use crate::fs::backend::{Backend, BackendError, BackendErrorKind, DomainState};
+use crate::backend::{Backend, BackendError, BackendErrorKind, DomainState};
 use crate::model::DomainModel;
 use xml::DiskEntry;
 

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use crate::cache::MetadataCache;
-use crate::fs::FsError;
+use crate::error::FsError;
 use crate::fs_err;
 use crate::image::{open_chain, ChainSpec, Format};
 

@@ -22,9 +22,9 @@ use std::sync::Arc;
 use log::{info, warn};
 use parking_lot::Mutex;
 
+use crate::backend::{flags, Backend, BackendError, BackendErrorKind, DomainState};
 use crate::cache::MetadataCache;
-use crate::fs::backend::{flags, Backend, BackendError, BackendErrorKind, DomainState};
-use crate::fs::FsError;
+use crate::error::FsError;
 use crate::fs_err;
 use crate::image::Format;
 use crate::libvirt::edit;
@@ -78,10 +78,10 @@ pub struct SnapshotOps {
 
 fn backend_err(e: BackendError) -> FsError {
     let kind = match e.kind {
-        BackendErrorKind::Failed => crate::fs::ErrorKind::Io,
-        BackendErrorKind::Invalid => crate::fs::ErrorKind::InvalidArgument,
-        BackendErrorKind::Unsupported => crate::fs::ErrorKind::Unsupported,
-        BackendErrorKind::Busy => crate::fs::ErrorKind::Busy,
+        BackendErrorKind::Failed => crate::error::ErrorKind::Io,
+        BackendErrorKind::Invalid => crate::error::ErrorKind::InvalidArgument,
+        BackendErrorKind::Unsupported => crate::error::ErrorKind::Unsupported,
+        BackendErrorKind::Busy => crate::error::ErrorKind::Busy,
     };
     FsError {
         kind,
@@ -654,7 +654,7 @@ impl SnapshotOps {
             Ok(()) => intent.done(),
             // A live merge cancelled before any merge completed changed nothing: forget it.
             // After one completed, the record stays, so the next mount finishes the delete.
-            Err(e) if e.kind == crate::fs::ErrorKind::Busy && merged == 0 => {
+            Err(e) if e.kind == crate::error::ErrorKind::Busy && merged == 0 => {
                 intent.done();
                 return Err(e);
             }

@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::images::{canonical, file_stamp, FileStamp};
+use crate::backend::{Backend, BackendError};
 use crate::cache::MetadataCache;
-use crate::fs::backend::{Backend, BackendError};
-use crate::fs::FsError;
+use crate::error::FsError;
 use crate::fs_err;
 use crate::image::{open_chain, ChainSpec, Format};
 use crate::model::DomainModel;

@@ -87,8 +87,8 @@ impl std::error::Error for FsError {}
 #[macro_export]
 macro_rules! fs_err {
     ($kind:ident, $($arg:tt)*) => {
-        $crate::fs::error::FsError {
-            kind: $crate::fs::error::ErrorKind::$kind,
+        $crate::error::FsError {
+            kind: $crate::error::ErrorKind::$kind,
             message: format!($($arg)*),
         }
     };
