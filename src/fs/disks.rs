@@ -1,0 +1,360 @@
+//! Open files: disks read through their image chains (cached per disk), the XML and status
+//! files as bytes, and the handles that follow a live disk across snapshot operations.
+
+use super::*;
+
+/// How `lseek` was asked to move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whence {
+    Data,
+    Hole,
+}
+
+/// What an open() returns: the handle, whether the kernel may keep cached pages, and whether
+/// reads must bypass the page cache (contents whose size changes, like `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    pub keep_cache: bool,
+    pub direct_io: bool,
+}
+
+pub(super) enum Handle {
+    Disk {
+        chain: Arc<Chain>,
+        label: String,
+        /// Set for live disks, whose bytes an operation on the domain replaces.
+        live: Option<LiveHandle>,
+    },
+    Bytes(Arc<[u8]>),
+}
+
+/// A domain's change counter. Odd while a snapshot operation on the domain runs; it moves on
+/// by one when the operation starts and again when it ends, and by two when the refresher
+/// finds that libvirt changed the domain.
+pub(super) type ChangeCounter = Arc<AtomicU64>;
+
+/// What a handle open on `live/TARGET.raw` needs to follow the disk: an open handle reads
+/// the disk as it is at each read, as a handle on a block device does. Its chain is opened
+/// again at the first read after the domain changed, and a read that overlaps an operation
+/// waits for it to end, so every read returns the bytes of one state, never a mix.
+#[derive(Clone)]
+pub(super) struct LiveHandle {
+    domain: String,
+    target: String,
+    changes: ChangeCounter,
+    /// The counter's value when `chain` was opened.
+    opened_at: u64,
+}
+
+/// How often a live disk's read starts again because an operation began during it.
+pub(super) const LIVE_READ_TRIES: usize = 8;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum ChainKey {
+    Live(String, String),
+    Snapshot(String, String, String),
+}
+
+pub(super) struct ChainEntry {
+    spec: ChainSpec,
+    opened: Instant,
+    result: Result<Arc<Chain>, String>,
+}
+
+/// Moves a domain's change counter on when an operation ends, however it ends.
+pub(super) struct ChangeEnds<'a>(pub(super) &'a AtomicU64);
+
+impl Drop for ChangeEnds<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+pub(super) enum HandleRef {
+    Disk(Arc<Chain>, String, Option<LiveHandle>),
+    Bytes(Arc<[u8]>),
+}
+
+impl VirtSnapFs {
+    /// The opened chain for a disk. `max_age` None reuses a chain opened for the same spec
+    /// whatever its age (snapshot disks never change); Some(age) reopens an older one.
+    pub(super) fn chain(
+        &self,
+        key: ChainKey,
+        spec: &ChainSpec,
+        max_age: Option<Duration>,
+        label: &str,
+    ) -> Result<Arc<Chain>, FsError> {
+        if let Some(entry) = self.chains.lock().get(&key) {
+            let fresh = max_age.is_none_or(|age| entry.opened.elapsed() < age);
+            if entry.spec == *spec && fresh {
+                return entry
+                    .result
+                    .clone()
+                    .map_err(|e| fs_err!(Io, "{label}: {e}"));
+            }
+        }
+        let result = open_chain(spec, self.cache.clone())
+            .map(Arc::new)
+            .map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            warn!("{label}: cannot be read: {e}");
+        }
+        self.chains.lock().put(
+            key,
+            ChainEntry {
+                spec: spec.clone(),
+                opened: Instant::now(),
+                result: result.clone(),
+            },
+        );
+        result.map_err(|e| fs_err!(Io, "{label}: {e}"))
+    }
+
+    /// Opens a file for reading. Writing is refused: served disks are read-only views.
+    pub fn open(&self, ino: u64, write: bool) -> Result<Opened, FsError> {
+        let key = self.key(ino)?;
+        if write {
+            return Err(fs_err!(
+                ReadOnly,
+                "{}: virtsnapfs serves disks and XML read-only; copy the file to change it",
+                self.describe(&key)
+            ));
+        }
+        let mut direct_io = false;
+        let (handle, keep_cache) = match &key {
+            NodeKey::DomainXml(d) => {
+                let m = self.domain(d)?;
+                (Handle::Bytes(Arc::from(m.xml.as_bytes())), false)
+            }
+            NodeKey::Status(d) => {
+                self.domain(d)?;
+                direct_io = true;
+                (
+                    Handle::Bytes(Arc::from(self.status_text(d).as_bytes())),
+                    false,
+                )
+            }
+            NodeKey::SnapshotXml(d, s) => {
+                let m = self.domain(d)?;
+                let snap = m
+                    .snapshot(s)
+                    .ok_or_else(|| fs_err!(NotFound, "domain {d}: no snapshot {s}"))?;
+                (Handle::Bytes(Arc::from(snap.xml.as_bytes())), true)
+            }
+            NodeKey::LiveDisk(d, t) => {
+                let changes = self.change_counter(d);
+                let opened_at = changes.load(Ordering::Acquire);
+                let (chain, label, keep_cache) = self.open_live_disk(d, t)?;
+                let live = LiveHandle {
+                    domain: d.clone(),
+                    target: t.clone(),
+                    changes,
+                    opened_at,
+                };
+                let live = Some(live);
+                (Handle::Disk { chain, label, live }, keep_cache)
+            }
+            NodeKey::SnapshotDisk(d, s, t) => {
+                let m = self.domain(d)?;
+                let disk = self.snapshot_disk(&m, s, t)?;
+                let label = format!("domain {d} snapshot {s} disk {t}");
+                let key = ChainKey::Snapshot(d.clone(), s.clone(), t.clone());
+                let chain = self.chain(key.clone(), &disk.chain, None, &label)?;
+                // A snapshot's bytes never change: the kernel may keep the pages it cached, as
+                // long as they came from this very snapshot (a snapshot deleted and made again
+                // under the same name has the same inode and other bytes).
+                let created = m.snapshot(s).map_or(0, |s| s.creation_time);
+                let served = format!("{:?}|{created}", disk.chain);
+                let same = self.remember_served(key, served);
+                (
+                    Handle::Disk {
+                        chain,
+                        label,
+                        live: None,
+                    },
+                    same,
+                )
+            }
+            NodeKey::Current(_) => {
+                return Err(fs_err!(
+                    InvalidArgument,
+                    "the current symlink cannot be opened"
+                ))
+            }
+            other => return Err(fs_err!(IsADirectory, "{other:?} is a directory")),
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, handle);
+        Ok(Opened {
+            fh,
+            keep_cache,
+            direct_io,
+        })
+    }
+
+    /// The chain of live disk `target` of `domain` as it is now, its label for messages, and
+    /// whether pages the kernel cached from the previous open are still right.
+    pub(super) fn open_live_disk(
+        &self,
+        domain: &str,
+        target: &str,
+    ) -> Result<(Arc<Chain>, String, bool), FsError> {
+        let m = self.domain(domain)?;
+        let disk = self.live_disk(&m, target)?;
+        let label = format!("domain {domain} live disk {target}");
+        let key = ChainKey::Live(domain.to_string(), target.to_string());
+        // A live disk may be changing: re-read its metadata at every open.
+        let chain = self.chain(key.clone(), &disk.chain, Some(Duration::ZERO), &label)?;
+        // Pages cached by earlier reads stay valid while the domain is shut off and the
+        // same files, unchanged, serve this open as served the previous one.
+        // Unchanged mtimes and sizes of the same files mean unchanged bytes.
+        let files: Vec<std::path::PathBuf> = chain
+            .layers()
+            .iter()
+            .flat_map(|l| std::iter::once(&l.path).chain(l.data_file.as_ref()))
+            .cloned()
+            .collect();
+        let stamp = crate::ops::images::files_stamp(&files);
+        let served = format!("{:?}|{files:?}|{stamp:?}", disk.chain);
+        let same = self.remember_served(key, served);
+        Ok((chain, label, !m.active && same))
+    }
+
+    pub(super) fn change_counter(&self, domain: &str) -> ChangeCounter {
+        self.changes
+            .lock()
+            .entry(domain.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Runs `f` on the chain a disk handle reads now. A live disk's handle first waits for
+    /// an operation on its domain to end and opens the disk again if the domain changed since;
+    /// if an operation starts while `f` runs, `f` runs again on the new state.
+    pub(super) fn with_disk<T>(
+        &self,
+        fh: u64,
+        mut f: impl FnMut(&Chain, &str) -> Result<T, FsError>,
+    ) -> Result<T, FsError> {
+        let (mut chain, label, live) = match self.handle(fh)? {
+            HandleRef::Disk(chain, label, live) => (chain, label, live),
+            HandleRef::Bytes(_) => {
+                return Err(fs_err!(InvalidArgument, "file handle {fh} is not a disk"))
+            }
+        };
+        let Some(mut live) = live else {
+            return f(&chain, &label);
+        };
+        for _ in 0..LIVE_READ_TRIES {
+            let now = live.changes.load(Ordering::Acquire);
+            if now % 2 == 1 {
+                // The operation holds the domain's lock until it has ended.
+                drop(self.ops.domain_lock(&live.domain).lock());
+                continue;
+            }
+            if now != live.opened_at {
+                chain = self.open_live_disk(&live.domain, &live.target)?.0;
+                live.opened_at = now;
+                if let Some(Handle::Disk {
+                    chain: held,
+                    live: Some(h),
+                    ..
+                }) = self.handles.lock().get_mut(&fh)
+                {
+                    *held = chain.clone();
+                    h.opened_at = now;
+                }
+                log::debug!("{label}: handle {fh} follows the disk to its new state");
+            }
+            let result = f(&chain, &label)?;
+            if live.changes.load(Ordering::Acquire) == now {
+                return Ok(result);
+            }
+        }
+        Err(fs_err!(
+            Io,
+            "{label}: snapshot operations on the domain kept replacing the disk during the read; read again"
+        ))
+    }
+
+    pub(super) fn handle(&self, fh: u64) -> Result<HandleRef, FsError> {
+        match self.handles.lock().get(&fh) {
+            Some(Handle::Disk { chain, label, live }) => {
+                Ok(HandleRef::Disk(chain.clone(), label.clone(), live.clone()))
+            }
+            Some(Handle::Bytes(b)) => Ok(HandleRef::Bytes(b.clone())),
+            None => Err(fs_err!(BadHandle, "file handle {fh} is not open")),
+        }
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let mut buf = vec![0; size as usize];
+        let n = self.read_into(fh, offset, &mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset` into `buf` and returns how many, so a caller
+    /// can reuse one buffer for every read instead of allocating a megabyte per request.
+    pub fn read_into(&self, fh: u64, offset: u64, buf: &mut [u8]) -> Result<usize, FsError> {
+        match self.handle(fh)? {
+            HandleRef::Bytes(b) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
+                let end = start.saturating_add(buf.len()).min(b.len());
+                buf[..end - start].copy_from_slice(&b[start..end]);
+                Ok(end - start)
+            }
+            HandleRef::Disk(..) => self.with_disk(fh, |chain, label| {
+                chain
+                    .read_at(buf, offset)
+                    .map_err(|e| fs_err!(Io, "{label}: read at {offset}: {e}"))
+            }),
+        }
+    }
+
+    /// SEEK_DATA / SEEK_HOLE, so `cp --sparse` and `qemu-img convert` skip holes.
+    pub fn lseek(&self, fh: u64, offset: u64, whence: Whence) -> Result<u64, FsError> {
+        let past_end = || fs_err!(NoSuchOffset, "offset {offset} is at or past the end");
+        match self.handle(fh)? {
+            HandleRef::Bytes(b) => {
+                let len = b.len() as u64;
+                if offset >= len {
+                    return Err(past_end());
+                }
+                Ok(match whence {
+                    Whence::Data => offset,
+                    Whence::Hole => len,
+                })
+            }
+            HandleRef::Disk(..) => self.with_disk(fh, |chain, label| {
+                if offset >= chain.size() {
+                    return Err(past_end());
+                }
+                let io = |e| fs_err!(Io, "{label}: seek: {e}");
+                match whence {
+                    Whence::Data => chain.next_data(offset).map_err(io)?.ok_or_else(past_end),
+                    Whence::Hole => chain.next_hole(offset).map_err(io),
+                }
+            }),
+        }
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles.lock().remove(&fh);
+    }
+
+    /// Records what an open of a disk serves; true when the previous open of the same disk
+    /// served the same thing (so pages it left in the kernel's cache are still right).
+    pub(super) fn remember_served(&self, key: ChainKey, served: String) -> bool {
+        self.served.lock().insert(key, served.clone()) == Some(served)
+    }
+
+    /// Forgets what opens of `domain`'s disks served: after a change, no cached page is kept.
+    pub(super) fn forget_served(&self, domain: &str) {
+        self.served.lock().retain(|k, _| match k {
+            ChainKey::Live(d, _) | ChainKey::Snapshot(d, _, _) => d != domain,
+        });
+    }
+}
