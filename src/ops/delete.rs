@@ -173,8 +173,8 @@ impl SnapshotOps {
                 }
             }
         }
-        // The merge removes the overlay and rewrites what stands on it: never one a broken
-        // chain reads (what reads the base alone has kept the images above).
+        // The merge removes the overlay and re-points what stands on it: refused when a broken
+        // chain reads the overlay (one that reads the base without it kept the images above).
         let what = || format!("deleting snapshot {} of domain {}", snap.name, model.name);
         for c in chains.iter() {
             c.refuse_if_broken_and_reads(&overlay, false, what)?;

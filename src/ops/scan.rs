@@ -14,6 +14,14 @@
 //!
 //! Merges, which re-point images and redefine snapshots without changing names, make the scan
 //! forget everything.
+//!
+//! A chain that cannot be opened whole (a missing or corrupt image, a backing loop) still
+//! counts as reading every image its names reach, up to the break (see
+//! `images::reachable_images`): it is *broken*, and an operation that would rewrite or remove
+//! one of those images is refused (`ChainUse::refuse_if_broken_and_reads`), while operations
+//! that touch none of them go ahead. Only a chain whose reach cannot be bounded at all (a
+//! header that says it has a backing file whose name cannot be read) fails the scan, and with
+//! it every operation that needs one.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -22,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::images::{canonical, file_stamp, FileStamp};
+use super::images::{canonical, file_stamp, reachable_images, FileStamp};
 use crate::backend::{Backend, BackendError};
 use crate::cache::MetadataCache;
 use crate::error::FsError;
@@ -45,6 +53,9 @@ pub struct ChainUse {
     pub formats: Vec<Format>,
     /// True when the top layer is read at an internal snapshot (its active state is not read).
     pub reads_internal_snapshot: bool,
+    /// Why the chain cannot be read whole, when it cannot: `layers` are then the images its
+    /// names reach up to the break.
+    pub broken: Option<String>,
 }
 
 impl ChainUse {
@@ -55,6 +66,46 @@ impl ChainUse {
         } else {
             &self.layers
         }
+    }
+
+    /// Refuses `what`, which rewrites or removes `image`, when this chain cannot be read whole
+    /// and still reads `image` (with `current_only`, only its current contents count, as for
+    /// an internal revert, which keeps every internal snapshot). A chain that can be read whole
+    /// is left to the operation's own checks.
+    pub fn refuse_if_broken_and_reads(
+        &self,
+        image: &Path,
+        current_only: bool,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), FsError> {
+        let Some(reason) = &self.broken else {
+            return Ok(());
+        };
+        let reads = if current_only {
+            self.active_images()
+        } else {
+            &self.layers
+        };
+        if !reads.iter().any(|l| l == image) {
+            return Ok(());
+        }
+        let remove = match &self.snapshot {
+            Some(s) => format!(
+                "delete that snapshot's metadata (virsh snapshot-delete {} {s} --metadata)",
+                self.domain
+            ),
+            None => format!(
+                "remove the disk from the domain (virsh detach-disk {} {} --config) or undefine the domain",
+                self.domain, self.target
+            ),
+        };
+        Err(fs_err!(
+            Busy,
+            "refused: {} would rewrite or remove {}, which {} reads, and that disk cannot be read whole ({reason}); repair it (restore its missing files, or run qemu-img check -r all on a corrupt image) or {remove}, then retry",
+            what(),
+            image.display(),
+            self.who()
+        ))
     }
 
     pub fn who(&self) -> String {
@@ -71,6 +122,23 @@ impl ChainUse {
 /// The layers (canonical paths, top first) and formats of the chain a `ChainSpec` describes.
 pub type Layers = (Vec<PathBuf>, Vec<Format>);
 
+/// What a chain reads: its layers; for a chain that cannot be opened whole, the images its
+/// names reach up to the break, and why it cannot be opened.
+#[derive(Debug, Clone)]
+pub struct Reach {
+    pub layers: Layers,
+    pub broken: Option<String>,
+}
+
+impl Reach {
+    fn whole(layers: Layers) -> Reach {
+        Reach {
+            layers,
+            broken: None,
+        }
+    }
+}
+
 /// The layers of a chain libvirt states in full (`<backingStore>` down to its end), without
 /// opening any image. None when a format is not stated (it would have to be probed).
 pub fn stated_layers(spec: &ChainSpec) -> Option<Layers> {
@@ -86,30 +154,45 @@ pub fn stated_layers(spec: &ChainSpec) -> Option<Layers> {
     Some((paths, formats))
 }
 
-/// Opens `spec` and lists its layers. A chain whose top image does not exist reads nothing
-/// (its disk cannot be read at all), so it needs no image: no layers. A missing backing file or
-/// a broken image is an error: what such a chain would read is unknown.
-pub fn chain_layers(spec: &ChainSpec, cache: &Arc<MetadataCache>) -> Result<Layers, String> {
-    if !spec.top.path.exists() {
-        log::info!(
-            "{} does not exist: its chain reads no image",
-            spec.top.path.display()
-        );
-        return Ok((Vec::new(), Vec::new()));
+/// Opens `spec` and lists its layers. A chain that cannot be opened whole (a missing image, a
+/// corrupt one, a backing loop) is broken: it counts as reading the images its names reach up
+/// to the break (`images::reachable_images`). Err: what it reads cannot be bounded.
+pub fn chain_layers(spec: &ChainSpec, cache: &Arc<MetadataCache>) -> Result<Reach, String> {
+    let error = match open_chain(spec, cache.clone()) {
+        Ok(chain) => {
+            return Ok(Reach::whole((
+                chain.layers().iter().map(|l| canonical(&l.path)).collect(),
+                chain.layers().iter().map(|l| l.format).collect(),
+            )))
+        }
+        Err(e) => e.to_string(),
+    };
+    let reached = reachable_images(spec);
+    if let Some(why) = reached.unbounded {
+        return Err(format!("{error}; {why}"));
     }
-    let chain = open_chain(spec, cache.clone()).map_err(|e| e.to_string())?;
-    Ok((
-        chain.layers().iter().map(|l| canonical(&l.path)).collect(),
-        chain.layers().iter().map(|l| l.format).collect(),
-    ))
+    log::info!(
+        "{} cannot be read whole ({error}): it counts as reading {}",
+        spec.top.path.display(),
+        reached
+            .paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(Reach {
+        layers: (reached.paths, reached.formats),
+        broken: Some(error),
+    })
 }
 
 /// Every chain of one domain: its live disks and all its snapshots' disks, their layers found
-/// by `layers`. A chain that cannot be opened fails the scan: without knowing what it needs,
-/// nothing may be rewritten.
+/// by `layers`. A chain whose reach cannot be bounded fails the scan: without knowing what it
+/// needs, nothing may be rewritten.
 pub fn domain_chains(
     model: &DomainModel,
-    layers: &mut dyn FnMut(&ChainSpec) -> Result<Layers, String>,
+    layers: &mut dyn FnMut(&ChainSpec) -> Result<Reach, String>,
 ) -> Result<Vec<ChainUse>, FsError> {
     let live = model.disks.iter().map(|d| (None, d));
     let snapshots = model
@@ -118,10 +201,10 @@ pub fn domain_chains(
         .flat_map(|s| s.disks.iter().map(move |d| (Some(&s.name), d)));
     live.chain(snapshots)
         .map(|(snapshot, disk)| {
-            let (paths, formats) = layers(&disk.chain).map_err(|e| {
+            let reach = layers(&disk.chain).map_err(|e| {
                 fs_err!(
                     Busy,
-                    "refused: cannot tell which images the {} of domain {} (disk {}) reads ({e}), so cannot prove that nothing else needs the images this operation changes; repair or remove that disk, then retry",
+                    "refused: cannot tell which images the {} of domain {} (disk {}) reads ({e}), so cannot prove that nothing else needs the images this operation changes; repair that disk's image or remove the disk from the domain (or undefine the domain), then retry",
                     snapshot.map_or("live disk".to_string(), |s| format!("snapshot {s}")),
                     model.name,
                     disk.target
@@ -131,9 +214,10 @@ pub fn domain_chains(
                 domain: model.name.clone(),
                 snapshot: snapshot.cloned(),
                 target: disk.target.clone(),
-                layers: paths,
-                formats,
+                layers: reach.layers.0,
+                formats: reach.layers.1,
                 reads_internal_snapshot: disk.chain.snapshot.is_some(),
+                broken: reach.broken,
             })
         })
         .collect()
@@ -145,6 +229,17 @@ pub struct Chains(Vec<Arc<[ChainUse]>>);
 impl Chains {
     pub fn iter(&self) -> impl Iterator<Item = &ChainUse> {
         self.0.iter().flat_map(|d| d.iter())
+    }
+
+    /// The broken chains, each with what it reaches: equal between two scans when nothing
+    /// changed in between.
+    fn broken(&self) -> Vec<String> {
+        self.iter()
+            .filter_map(|c| {
+                let reason = c.broken.as_ref()?;
+                Some(format!("{}: {reason}: {:?}", c.who(), c.layers))
+            })
+            .collect()
     }
 }
 
@@ -191,7 +286,7 @@ struct SeenChains {
 struct SeenLayers {
     read_at: Instant,
     stamps: Vec<FileStamp>,
-    layers: Layers,
+    reach: Reach,
 }
 
 /// Files stat'ed during one scan: each once, however many chains share it.
@@ -324,6 +419,7 @@ impl DependencyScan {
         // Another operation (on another domain) may be re-pointing images right now: a chain
         // that vanished while being read is read again before the scan gives up.
         let mut attempt = 0;
+        let mut broken_before = None;
         let started = Instant::now();
         loop {
             let fingerprints = match fetch.take() {
@@ -339,6 +435,20 @@ impl DependencyScan {
                     log::debug!("dependency scan, attempt {attempt}: {e}");
                     self.forget();
                     std::thread::sleep(Duration::from_millis(200));
+                }
+                // A chain that breaks while another operation re-points it (its old backing
+                // file removed as it is read) would count as reading too little: a broken
+                // chain is believed once a second reading finds it broken the same way.
+                Ok(chains)
+                    if attempt < 3
+                        && !chains.broken().is_empty()
+                        && broken_before.as_ref() != Some(&chains.broken()) =>
+                {
+                    attempt += 1;
+                    broken_before = Some(chains.broken());
+                    log::debug!("dependency scan, attempt {attempt}: broken chains, reading again");
+                    self.forget();
+                    std::thread::sleep(Duration::from_millis(20));
                 }
                 result => {
                     log::debug!(
@@ -393,11 +503,11 @@ impl DependencyScan {
     ) -> Result<SeenChains, FsError> {
         let mut read_at = Instant::now();
         let mut files: Vec<PathBuf> = Vec::new();
-        let mut layers = |spec: &ChainSpec| -> Result<Layers, String> {
+        let mut layers = |spec: &ChainSpec| -> Result<Reach, String> {
             files.push(spec.top.path.clone());
             if let Some(stated) = stated_layers(spec) {
                 files.extend(stated.0.iter().cloned());
-                return Ok(stated);
+                return Ok(Reach::whole(stated));
             }
             // An internal snapshot the image lacks is read as nothing; counting the image's
             // layers for it only adds dependencies.
@@ -408,12 +518,13 @@ impl DependencyScan {
             let kept = self.layers.lock().get(&image).and_then(|seen| {
                 let fresh = seen.read_at.elapsed() < LAYERS_KEPT
                     && seen
+                        .reach
                         .layers
                         .0
                         .iter()
                         .map(|p| stamps.of(p))
                         .eq(seen.stamps.iter().copied());
-                fresh.then(|| (seen.read_at, seen.layers.clone()))
+                fresh.then(|| (seen.read_at, seen.reach.clone()))
             });
             let (at, l) = match kept {
                 Some(k) => k,
@@ -421,8 +532,8 @@ impl DependencyScan {
                     let l = chain_layers(&image, &self.cache)?;
                     let seen = SeenLayers {
                         read_at: Instant::now(),
-                        stamps: l.0.iter().map(|p| stamps.of(p)).collect(),
-                        layers: l.clone(),
+                        stamps: l.layers.0.iter().map(|p| stamps.of(p)).collect(),
+                        reach: l.clone(),
                     };
                     let at = seen.read_at;
                     self.layers.lock().insert(image, seen);
@@ -430,7 +541,7 @@ impl DependencyScan {
                 }
             };
             read_at = read_at.min(at);
-            files.extend(l.0.iter().cloned());
+            files.extend(l.layers.0.iter().cloned());
             Ok(l)
         };
         let uses = domain_chains(model, &mut layers)?;
@@ -526,5 +637,74 @@ mod tests {
         let seen = scan.domains.lock().get("d").unwrap().model.clone();
         let rebased = scan.chains_of(&[seen]).unwrap();
         assert_eq!(layer_names(&rebased), ["top.qcow2", "b.qcow2"]);
+    }
+
+    /// Overwrites cluster_bits in `path`'s header: the image cannot be opened, but its header
+    /// still names its backing file.
+    fn corrupt(path: &str) {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(&[0, 0, 0, 40], 20).unwrap();
+    }
+
+    #[test]
+    fn a_broken_chain_counts_as_reading_what_its_names_reach_and_blocks_only_that() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+        qemu_img(&["create", "-q", "-f", "qcow2", &p("a.qcow2"), "1M"]);
+        qemu_img(&["create", "-q", "-f", "qcow2", &p("other.qcow2"), "1M"]);
+        let top = p("top.qcow2");
+        create_overlay(Path::new(&p("a.qcow2")), Format::Qcow2, Path::new(&top)).unwrap();
+        corrupt(&top);
+        let scan = scan();
+        let chains = scan.chains_of(&[domain_on(Path::new(&top))]).unwrap();
+        assert_eq!(layer_names(&chains), ["top.qcow2", "a.qcow2"]);
+        let live = chains.iter().next().unwrap();
+        assert!(live.broken.as_ref().unwrap().contains("cluster_bits"));
+
+        let a = canonical(Path::new(&p("a.qcow2")));
+        let err = live
+            .refuse_if_broken_and_reads(&a, true, || "reverting domain h to s".into())
+            .unwrap_err();
+        assert_eq!(err.kind, crate::error::ErrorKind::Busy);
+        for part in [
+            "reverting domain h to s",
+            "the live disk vda of domain d",
+            "cluster_bits",
+            "repair it",
+            "virsh detach-disk d vda",
+        ] {
+            assert!(err.message.contains(part), "{part}: {}", err.message);
+        }
+        let other = canonical(Path::new(&p("other.qcow2")));
+        assert!(live
+            .refuse_if_broken_and_reads(&other, false, String::new)
+            .is_ok());
+    }
+
+    #[test]
+    fn a_chain_whose_reach_cannot_be_bounded_fails_the_scan_naming_domain_disk_and_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+        // An overlay cut inside its backing file's name: which file it names is unknown.
+        let base = p(&format!("{}.qcow2", "b".repeat(200)));
+        qemu_img(&["create", "-q", "-f", "qcow2", &base, "1M"]);
+        let top = p("top.qcow2");
+        create_overlay(Path::new(&base), Format::Qcow2, Path::new(&top)).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&top).unwrap();
+        f.set_len(300).unwrap();
+        let err = scan()
+            .chains_of(&[domain_on(Path::new(&top))])
+            .err()
+            .unwrap();
+        assert_eq!(err.kind, crate::error::ErrorKind::Busy);
+        for part in [
+            "cannot tell which images",
+            "domain d (disk vda)",
+            "names a backing file, but its name",
+            "repair",
+        ] {
+            assert!(err.message.contains(part), "{part}: {}", err.message);
+        }
     }
 }

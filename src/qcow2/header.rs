@@ -78,6 +78,39 @@ pub(crate) fn valid_table_offset(
     offset & (cluster_size - 1) == 0 && offset <= (i64::MAX as u64) - table_len
 }
 
+/// The backing file fields of an image, read without validating anything else: what an image
+/// too damaged for [`Header::parse`] still names (a repair keeps that name, so what the image
+/// holds still depends on that file). Every version, qcow v1 included, keeps them at the same
+/// place: magic (0), backing_file_offset (8), backing_file_size (16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackingFields {
+    /// Not a qcow2 header: another magic, or fewer than 4 bytes.
+    NotQcow2,
+    /// The magic is qcow2's, but the file ends before the backing file fields.
+    Truncated,
+    /// No backing file (offset 0, or an empty name, which QEMU reads as none).
+    None,
+    /// The backing file name: `size` bytes at `offset`.
+    Name { offset: u64, size: u32 },
+}
+
+impl BackingFields {
+    /// Reads the fields from `bytes`, the file's first bytes as far as they exist (at least 20
+    /// when the file is that long; not zero-filled).
+    pub fn read(bytes: &[u8]) -> BackingFields {
+        if bytes.len() < 4 || be_u32(bytes, 0) != QCOW2_MAGIC {
+            return BackingFields::NotQcow2;
+        }
+        if bytes.len() < 20 {
+            return BackingFields::Truncated;
+        }
+        match (be_u64(bytes, 8), be_u32(bytes, 16)) {
+            (0, _) | (_, 0) => BackingFields::None,
+            (offset, size) => BackingFields::Name { offset, size },
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
     pub version: u32,
