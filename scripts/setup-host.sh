@@ -15,6 +15,9 @@ PACKAGES=(
   # qemu-img / qemu-io / qemu-nbd stay present and match the emulator.
   qemu-system-x86 qemu-utils qemu-system-common
   fuse3 pkg-config mandoc e2fsprogs fio zstd
+  # Guest-filesystem tests: sfdisk makes MBR and GPT disks, setfattr puts xattrs on the trees
+  # mkfs -d copies (e2fsprogs gives mkfs.ext*, debugfs, dumpe2fs, e2fsck).
+  fdisk attr
   # fincore, with which tests count a file's cached pages (util-linux pulls it in on Debian 12;
   # named so the tests' need stays written down).
   util-linux-extra

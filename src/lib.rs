@@ -11,6 +11,7 @@
 //! - [`libvirt`]: builds the model from libvirt (connection, XML); the real [`backend`].
 //! - [`error`]: the errors of the filesystem and its operations, and the one errno table.
 //! - [`ops`]: the snapshot operations behind mkdir, rename and rmdir.
+//! - [`guest`]: the guest's own files: partition tables and ext2/3/4, parsed from untrusted bytes.
 //! - [`fs`]: the filesystem core (tree, lookups, reads), FUSE-agnostic; calls [`ops`].
 //! - [`fuse`]: the thin fuser adapter over [`fs`].
 //! - [`mount`]: command-line mount options, daemonizing and clean unmounting.
@@ -26,6 +27,7 @@ pub mod cache;
 pub mod error;
 pub mod fs;
 pub mod fuse;
+pub mod guest;
 pub mod image;
 pub mod inspect;
 pub mod libvirt;

@@ -1,0 +1,185 @@
+//! The one error type of the guest-filesystem layer.
+//!
+//! Every validation of untrusted bytes has its own [`CorruptKind`], so a test can flip one field
+//! and assert the exact check that caught it, and the log names the reason. Callers map
+//! [`GuestError::Corrupt`] and [`GuestError::Io`] to EIO, [`GuestError::Unsupported`] to
+//! EOPNOTSUPP, and the three wrong-kind variants to ENOTDIR, EINVAL and EISDIR.
+
+use std::io;
+
+/// What went wrong while reading a guest filesystem or partition table.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    /// The bytes on the disk break a rule of the format.
+    #[error("corrupt: {0}")]
+    Corrupt(#[from] CorruptKind),
+    /// The disk itself could not be read.
+    #[error("I/O error reading the disk: {0}")]
+    Io(#[from] io::Error),
+    /// A feature that virtsnapfs does not read (named in the message).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// A directory operation on something that is not a directory.
+    #[error("not a directory")]
+    NotADirectory,
+    /// `read_link` on something that is not a symbolic link.
+    #[error("not a symbolic link")]
+    NotASymlink,
+    /// `read` or `next_data` on something that is not a regular file.
+    #[error("not a regular file")]
+    NotAFile,
+}
+
+impl GuestError {
+    /// True for the errors that say the bytes are bad (EIO), as opposed to unsupported
+    /// features and wrong-kind requests.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, GuestError::Corrupt(_))
+    }
+}
+
+/// One variant per check made on untrusted bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CorruptKind {
+    // Partition tables.
+    #[error("MBR partition extends past the end of the disk")]
+    MbrPartitionRange,
+    #[error("chain of extended boot records loops or is too long")]
+    EbrChain,
+    #[error("GPT header size is invalid")]
+    GptHeaderSize,
+    #[error("GPT header checksum mismatch")]
+    GptHeaderChecksum,
+    #[error("GPT partition entry array is invalid (size or location)")]
+    GptEntryArray,
+    #[error("GPT partition entry array checksum mismatch")]
+    GptEntriesChecksum,
+    #[error("GPT partition extends past the end of the disk")]
+    GptPartitionRange,
+
+    // ext2/3/4 superblock.
+    #[error("ext4 superblock magic is wrong")]
+    SuperblockMagic,
+    #[error("ext4 superblock checksum mismatch")]
+    SuperblockChecksum,
+    #[error("ext4 superblock names an unknown checksum type")]
+    SuperblockChecksumType,
+    #[error("ext4 block size (s_log_block_size) is out of range")]
+    BlockSize,
+    #[error("ext4 s_blocks_per_group is out of range")]
+    BlocksPerGroup,
+    #[error("ext4 s_inodes_per_group is out of range")]
+    InodesPerGroup,
+    #[error("ext4 s_inode_size is invalid")]
+    InodeSize,
+    #[error("ext4 s_first_data_block is invalid")]
+    FirstDataBlock,
+    #[error("ext4 block count is zero or too large")]
+    BlocksCount,
+    #[error("ext4 s_inodes_count does not match groups * inodes per group")]
+    InodesCount,
+    #[error("ext4 s_desc_size is invalid")]
+    DescSize,
+    #[error("ext4 s_first_ino is invalid")]
+    FirstIno,
+    #[error("ext4 s_first_meta_bg is past the group descriptors")]
+    FirstMetaBg,
+    #[error("ext4 filesystem is larger than its device")]
+    DeviceTooSmall,
+
+    // Group descriptors.
+    #[error("ext4 group descriptor checksum mismatch")]
+    GroupDescChecksum,
+    #[error("ext4 group descriptor's inode table is outside the filesystem")]
+    InodeTableLocation,
+
+    // Inodes.
+    #[error("ext4 inode number out of range")]
+    InodeNumber,
+    #[error("ext4 inode checksum mismatch")]
+    InodeChecksum,
+    #[error("ext4 inode i_extra_isize is invalid")]
+    ExtraIsize,
+    #[error("ext4 inode is not in use (no links)")]
+    UnallocatedInode,
+    #[error("ext4 inode has an invalid file type in i_mode")]
+    InodeFileType,
+    #[error("ext4 inode size is too large")]
+    FileSize,
+
+    // Block maps.
+    #[error("ext4 extent header magic is wrong")]
+    ExtentMagic,
+    #[error("ext4 extent header entry count exceeds its maximum or node size")]
+    ExtentEntries,
+    #[error("ext4 extent tree depth is wrong (loop or too deep)")]
+    ExtentDepth,
+    #[error("ext4 extent entries are out of order or overlap")]
+    ExtentOrder,
+    #[error("ext4 extent points outside the filesystem")]
+    ExtentRange,
+    #[error("ext4 extent has zero length")]
+    ExtentLength,
+    #[error("ext4 extent block checksum mismatch")]
+    ExtentChecksum,
+    #[error("ext4 block map points outside the filesystem")]
+    BlockMapRange,
+
+    // Directories.
+    #[error("ext4 directory entry rec_len is invalid")]
+    DirentRecLen,
+    #[error("ext4 directory entry name is longer than its record")]
+    DirentNameLen,
+    #[error("ext4 directory entry points at an inode out of range")]
+    DirentInode,
+    #[error("ext4 directory block checksum mismatch")]
+    DirBlockChecksum,
+    #[error("ext4 directory leaf block has no checksum tail")]
+    DirBlockNoTail,
+    #[error("ext4 directory is too large")]
+    DirectoryTooLarge,
+    #[error("ext4 directory has too many entries")]
+    TooManyEntries,
+    #[error("directory contains one of its own ancestors")]
+    DirectoryLoop,
+    #[error("directory tree deeper than the walk allows")]
+    TreeTooDeep,
+
+    // Symlinks and inline data.
+    #[error("ext4 symlink length is invalid")]
+    SymlinkSize,
+    #[error("ext4 inline data is invalid")]
+    InlineData,
+
+    // Extended attributes.
+    #[error("ext4 extended attribute header magic is wrong")]
+    XattrMagic,
+    #[error("ext4 extended attribute entry is invalid")]
+    XattrEntry,
+    #[error("ext4 extended attribute value lies outside its area")]
+    XattrValue,
+    #[error("ext4 extended attribute block checksum mismatch")]
+    XattrChecksum,
+    #[error("ext4 extended attribute block is outside the filesystem")]
+    XattrBlock,
+    #[error("ext4 POSIX ACL attribute is malformed")]
+    XattrAcl,
+
+    // JBD2 journal.
+    #[error("journal inode is invalid")]
+    JournalInode,
+    #[error("journal superblock magic or type is wrong")]
+    JournalSuperblock,
+    #[error("journal superblock checksum mismatch")]
+    JournalSuperblockChecksum,
+    #[error("journal block size differs from the filesystem's")]
+    JournalBlockSize,
+    #[error("journal geometry (s_first, s_maxlen, s_start) is invalid")]
+    JournalGeometry,
+    #[error("journal has unknown incompatible features")]
+    JournalFeatures,
+    #[error("journal block tag names a block outside the filesystem")]
+    JournalTagBlock,
+    #[error("journal revoke block is malformed")]
+    JournalRevoke,
+}

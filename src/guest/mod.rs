@@ -1,0 +1,252 @@
+//! The guest's own files: partition tables and filesystems parsed in userspace.
+//!
+//! Everything here reads untrusted bytes (a guest's disk) through [`ByteSource`] and knows
+//! nothing of FUSE or libvirt. Layout:
+//!
+//! ```text
+//! src/guest/
+//!   mod.rs          this file: the GuestFs trait, detection (open_filesystem), volumes
+//!                   (find_volumes), a bounded tree walk
+//!   error.rs        GuestError and CorruptKind (one variant per check)
+//!   bytes.rs        fixed-offset integer reads
+//!   crc.rs          CRC-32, CRC-32C and CRC-32/BE (no dependency)
+//!   partition/      MBR (primary, extended + logical from 5) and GPT; a partition is a
+//!                   ByteSource window over the disk
+//!   ext4/           ext2/ext3/ext4: superblock, group descriptors, inodes, extents, block
+//!                   maps, directories, symlinks, inline data, xattrs, checksums, and
+//!                   journal/ (JBD2 recovery, replayed in memory as a block overlay)
+//! ```
+//!
+//! A new format is a new folder implementing [`GuestFs`] plus one probe in
+//! [`open_filesystem`]; the tree above never names a format. Rules for every parser: no
+//! `unsafe`, checked arithmetic on every value read from the disk, one [`CorruptKind`] per
+//! check, no panic, no unbounded allocation and no endless loop whatever the bytes. Nothing
+//! here writes: a dirty journal is replayed into memory, the image is never modified.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod ext4;
+pub mod partition;
+
+mod bytes;
+mod crc;
+
+use std::sync::Arc;
+
+use crate::source::ByteSource;
+
+pub use error::{CorruptKind, GuestError};
+pub use partition::{find_volumes, PartitionWindow, Volume};
+
+/// The type of a file, as `st_mode & S_IFMT` gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    File,
+    Directory,
+    Symlink,
+    CharDevice,
+    BlockDevice,
+    Fifo,
+    Socket,
+}
+
+/// A timestamp: seconds since the epoch (may be negative or past 2038) and nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GuestTime {
+    pub secs: i64,
+    pub nsecs: u32,
+}
+
+/// What `stat` shows for a guest file, as the guest's kernel would show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestAttr {
+    /// The guest's inode number (unique within one filesystem; hard links share it).
+    pub ino: u64,
+    pub kind: FileKind,
+    /// Permission bits including setuid, setgid and sticky (`st_mode & 0o7777`).
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub nlink: u32,
+    pub atime: GuestTime,
+    pub mtime: GuestTime,
+    pub ctime: GuestTime,
+    /// Creation time, where the format has one.
+    pub crtime: Option<GuestTime>,
+    /// Space allocated, in 512-byte units (`st_blocks`), as the guest accounts it.
+    pub blocks: u64,
+    /// The filesystem's block size (`st_blksize`).
+    pub block_size: u32,
+    /// Device number of character and block devices (0 otherwise).
+    pub rdev_major: u32,
+    pub rdev_minor: u32,
+}
+
+/// An extended attribute: full name ("user.x") and value.
+pub type Xattr = (Vec<u8>, Vec<u8>);
+
+/// One entry of a directory listing (never `.` or `..`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestDirEntry {
+    /// The name as stored: any bytes but `/` and NUL.
+    pub name: Vec<u8>,
+    pub ino: u64,
+    pub kind: FileKind,
+}
+
+/// A read-only guest filesystem. Every format implements this; the tree above uses only it.
+/// Inode numbers are the guest's own. Methods take `&self` and may be called from many
+/// threads at once.
+pub trait GuestFs: Send + Sync {
+    /// A short name of the format ("ext4", "ext3", "ext2").
+    fn format_name(&self) -> &'static str;
+    /// The inode number of the root directory.
+    fn root(&self) -> u64;
+    /// The attributes of an inode.
+    fn attr(&self, ino: u64) -> Result<GuestAttr, GuestError>;
+    /// The inode named `name` in directory `dir`, if any.
+    fn lookup(&self, dir: u64, name: &[u8]) -> Result<Option<u64>, GuestError>;
+    /// All entries of a directory but `.` and `..`, in on-disk order.
+    fn read_dir(&self, dir: u64) -> Result<Vec<GuestDirEntry>, GuestError>;
+    /// Reads a regular file's bytes at `offset`; returns how many were read (short only at
+    /// the end of the file). Holes and unwritten extents read as zeros.
+    fn read(&self, ino: u64, offset: u64, buf: &mut [u8]) -> Result<usize, GuestError>;
+    /// A symbolic link's target.
+    fn read_link(&self, ino: u64) -> Result<Vec<u8>, GuestError>;
+    /// Extended attributes as `listxattr`/`getxattr` show them: full names ("user.x",
+    /// "security.selinux", "system.posix_acl_access") and values.
+    fn xattrs(&self, ino: u64) -> Result<Vec<Xattr>, GuestError>;
+    /// The first range `[start, end)` of data at or after `offset` in a regular file, with
+    /// `start >= offset` and `end <= size`; `None` if only holes follow. SEEK_DATA is
+    /// `start`; SEEK_HOLE is `end` if `start == offset`, else `offset` (and the size when
+    /// `None`).
+    fn next_data(&self, ino: u64, offset: u64) -> Result<Option<(u64, u64)>, GuestError>;
+}
+
+/// Probes `dev` for a filesystem this layer reads and opens it. `Ok(None)` for anything not
+/// recognised (empty, swap, unknown formats): such volumes are not shown.
+pub fn open_filesystem(dev: Arc<dyn ByteSource>) -> Result<Option<Box<dyn GuestFs>>, GuestError> {
+    if ext4::probe(dev.as_ref())? {
+        return Ok(ext4::Ext4::open(dev)?.map(|fs| Box::new(fs) as Box<dyn GuestFs>));
+    }
+    Ok(None)
+}
+
+/// Bounds for [`walk`].
+#[derive(Debug, Clone, Copy)]
+pub struct WalkLimits {
+    /// Directories deeper than this give [`CorruptKind::TreeTooDeep`].
+    pub max_depth: usize,
+    /// The walk stops (successfully) after visiting this many entries.
+    pub max_entries: usize,
+}
+
+impl Default for WalkLimits {
+    fn default() -> Self {
+        // PATH_MAX is 4096: no real path has more than 2048 components.
+        WalkLimits {
+            max_depth: 2048,
+            max_entries: usize::MAX,
+        }
+    }
+}
+
+/// Walks the whole tree depth first, calling `visit(path, attr)` for every entry (the root
+/// first, with an empty path; paths are `/`-joined bytes). Recursion is an explicit stack
+/// bounded by `limits.max_depth`; a directory that contains one of its own ancestors gives
+/// [`CorruptKind::DirectoryLoop`]. Stops at the first error.
+pub fn walk(
+    fs: &dyn GuestFs,
+    limits: WalkLimits,
+    visit: &mut dyn FnMut(&[u8], &GuestAttr),
+) -> Result<(), GuestError> {
+    struct Frame {
+        path: Vec<u8>,
+        ino: u64,
+        entries: std::vec::IntoIter<GuestDirEntry>,
+    }
+    let root = fs.root();
+    let attr = fs.attr(root)?;
+    visit(b"", &attr);
+    let mut visited = 1usize;
+    if attr.kind != FileKind::Directory {
+        return Err(GuestError::NotADirectory);
+    }
+    let mut stack = vec![Frame {
+        path: Vec::new(),
+        ino: root,
+        entries: fs.read_dir(root)?.into_iter(),
+    }];
+    while let Some(top) = stack.last_mut() {
+        let Some(entry) = top.entries.next() else {
+            stack.pop();
+            continue;
+        };
+        if visited >= limits.max_entries {
+            return Ok(());
+        }
+        visited = visited.saturating_add(1);
+        let mut path = top.path.clone();
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(&entry.name);
+        let attr = fs.attr(entry.ino)?;
+        visit(&path, &attr);
+        if attr.kind == FileKind::Directory {
+            if stack.iter().any(|f| f.ino == entry.ino) {
+                return Err(CorruptKind::DirectoryLoop.into());
+            }
+            if stack.len() >= limits.max_depth {
+                return Err(CorruptKind::TreeTooDeep.into());
+            }
+            let entries = fs.read_dir(entry.ino)?.into_iter();
+            stack.push(Frame {
+                path,
+                ino: entry.ino,
+                entries,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The fuzz target's body: `data` as a whole disk; finds its volumes, opens each, walks a
+/// bounded part of the tree and reads files, links and xattrs. Errors are expected; panics,
+/// hangs and huge allocations are the bugs it looks for.
+pub fn fuzz_one_disk(data: &[u8]) {
+    let disk: Arc<dyn ByteSource> = Arc::new(crate::source::MemorySource::new(data.to_vec()));
+    let Ok(volumes) = find_volumes(disk, "vda") else {
+        return;
+    };
+    for volume in volumes.into_iter().take(8) {
+        let Ok(Some(fs)) = open_filesystem(volume.source) else {
+            continue;
+        };
+        let limits = WalkLimits {
+            max_depth: 16,
+            max_entries: 512,
+        };
+        let mut seen = Vec::new();
+        let _ = walk(fs.as_ref(), limits, &mut |_, attr| seen.push(attr.clone()));
+        let mut buf = vec![0u8; 8192];
+        for attr in seen.iter().take(128) {
+            let _ = fs.xattrs(attr.ino);
+            match attr.kind {
+                FileKind::File => {
+                    let _ = fs.read(attr.ino, 0, &mut buf);
+                    let _ = fs.read(attr.ino, attr.size.saturating_sub(100), &mut buf);
+                    let _ = fs.next_data(attr.ino, 0);
+                }
+                FileKind::Symlink => {
+                    let _ = fs.read_link(attr.ino);
+                }
+                FileKind::Directory => {
+                    let _ = fs.lookup(attr.ino, b"a");
+                }
+                _ => {}
+            }
+        }
+    }
+}
