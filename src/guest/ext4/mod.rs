@@ -153,6 +153,11 @@ impl Ext4 {
         self.replay.as_ref()
     }
 
+    /// Where the journal replay found the newest copy of filesystem block `block`, if it did.
+    pub fn replayed_copy(&self, block: u64) -> Option<journal::LogBlock> {
+        self.overlay.get(block).copied()
+    }
+
     pub fn superblock(&self) -> &Superblock {
         &self.sb
     }
