@@ -2,6 +2,7 @@
 //! (the oracle), and the comparison of our bytes with `qemu-img convert -O raw`.
 #![allow(dead_code)]
 
+pub mod guest;
 pub mod vm;
 
 use std::path::{Path, PathBuf};
