@@ -202,6 +202,30 @@ fn revert_of_a_running_domain_in_a_loop_never_fails() {
     assert_eq!(virsh(&["domstate", &dom.name]).trim(), "running");
 }
 
+/// A running domain's external snapshots are disk-only: reverting to one stops the domain
+/// (`-o allow_stop`), so each cycle starts it again before the guest writes.
+#[test]
+fn revert_of_a_running_domain_to_a_disk_only_snapshot_in_a_loop_never_fails() {
+    let dom = TestDomain::new("loop-run-ext", "32M");
+    dom.write("vda.qcow2", "write -P 0x5a 0 1M");
+    let mount = Mount::new(&["snapshot_kind=external", "allow_stop"]);
+    virsh(&["start", &dom.name]);
+    sh("mkdir", &[&p(&mount, &dom, "snapshots/clean")]);
+    let expected = oracle(&dom.path("vda.qcow2"), None, &dom.dir);
+    let clean = p(&mount, &dom, "snapshots/clean");
+    // About 4.5 s a cycle (the domain starts again each time).
+    let (failures, first) = revert_cycles(&mount, &dom, &clean, &expected, cycles(10), |c| {
+        if virsh(&["domstate", &dom.name]).trim() != "running" {
+            virsh(&["start", &dom.name]);
+        }
+        dom.write_running(c);
+        dom.write_running("flush");
+    });
+    assert_eq!(failures, 0, "failed reverts, first: {first:?}");
+    assert_eq!(virsh(&["domstate", &dom.name]).trim(), "shut off");
+    assert_eq!(dom.current().as_deref(), Some("clean"));
+}
+
 /// Checks that the mount's live disk is what qemu-img reads from the live image.
 fn assert_live_matches_qemu(mount: &Mount, dom: &TestDomain, what: &str) {
     let served = std::fs::read(mount.path(&format!("{}/live/vda.raw", dom.name))).unwrap();
