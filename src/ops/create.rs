@@ -27,6 +27,7 @@ impl SnapshotOps {
         if internal {
             // libvirt's default for qcow2 disks: internal, and with RAM for a running domain.
             let xml = format!("<domainsnapshot><name>{escaped}</name></domainsnapshot>");
+            journal::pause_point("create:calling-libvirt");
             self.backend
                 .create_snapshot(&model.name, &xml, flags::CREATE_ATOMIC)
                 .map_err(backend_err)?;
@@ -44,6 +45,7 @@ impl SnapshotOps {
             "<domainsnapshot><name>{escaped}</name><memory snapshot='no'/><disks>{disks}</disks></domainsnapshot>"
         );
         let base = flags::CREATE_DISK_ONLY | flags::CREATE_ATOMIC;
+        journal::pause_point("create:calling-libvirt");
         let created = if self.is_running(&model.name)? {
             // Quiesce the guest's filesystems when an agent answers; without one, plain.
             self.backend

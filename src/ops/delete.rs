@@ -66,7 +66,11 @@ impl SnapshotOps {
         journal::crash_point("delete-external:recorded");
         let mut merged = 0;
         match self.finish_delete(&plan, &mut merged) {
-            Ok(()) => intent.done(),
+            Ok(()) => Self::settle(
+                intent,
+                self.remove_leftovers(&plan),
+                &format!("domain {}: deletion of {}", model.name, snap.name),
+            ),
             // A live merge cancelled before any merge completed changed nothing: forget it.
             // After one completed, the record stays, so the next mount finishes the delete.
             Err(e) if e.kind == crate::error::ErrorKind::Busy && merged == 0 => {
@@ -118,15 +122,19 @@ impl SnapshotOps {
                 }
             }
         }
-        // Overlays made for this snapshot that were not merged but that nothing reads now.
+        Ok(())
+    }
+
+    /// The last step of an external delete: the overlays made for the snapshot that were not
+    /// merged but that nothing reads now go. An error when that cannot be found out now.
+    pub(super) fn remove_leftovers(&self, plan: &DeletePlan) -> Result<(), FsError> {
         let leftovers: Vec<PathBuf> = plan
             .leftovers
             .iter()
             .filter(|p| p.exists())
             .cloned()
             .collect();
-        self.remove_unused(&leftovers);
-        Ok(())
+        self.remove_unused(&leftovers)
     }
 
     /// Whether the snapshot's image for `disk` can absorb its overlay, and what then changes.

@@ -105,12 +105,47 @@ pub fn forget(path: &Path) {
 }
 
 /// Test hook: `VIRTSNAPFS_CRASH_AT=STEP` makes the daemon abort at that step, as `kill -9`
-/// would, so tests can check recovery after every step of every operation.
+/// would, so tests can check recovery after every step of every operation. Every crash point
+/// is also a pause point (see [`pause_point`]).
 pub fn crash_point(step: &str) {
+    pause_point(step);
     if std::env::var("VIRTSNAPFS_CRASH_AT").is_ok_and(|s| s == step) {
         log::error!("VIRTSNAPFS_CRASH_AT={step}: aborting here");
         std::process::abort();
     }
+}
+
+/// Test hook: `VIRTSNAPFS_PAUSE_AT=STEP` with `VIRTSNAPFS_PAUSE_DIR=DIR` makes the operation
+/// that reaches STEP create `DIR/paused` and wait (at most 120 s) until `DIR/resume` exists,
+/// so that a test can do something at that exact moment (kill libvirtd, say) and then let the
+/// operation go on. Only the first operation to reach STEP pauses.
+pub fn pause_point(step: &str) {
+    if !std::env::var("VIRTSNAPFS_PAUSE_AT").is_ok_and(|s| s == step) {
+        return;
+    }
+    let Some(dir) = std::env::var_os("VIRTSNAPFS_PAUSE_DIR").map(PathBuf::from) else {
+        return;
+    };
+    let paused = dir.join("paused");
+    if paused.exists() {
+        return;
+    }
+    log::warn!(
+        "VIRTSNAPFS_PAUSE_AT={step}: paused until {} exists",
+        dir.join("resume").display()
+    );
+    if let Err(e) = std::fs::write(&paused, step) {
+        log::error!(
+            "VIRTSNAPFS_PAUSE_AT={step}: cannot create {}: {e}",
+            paused.display()
+        );
+        return;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !dir.join("resume").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    log::warn!("VIRTSNAPFS_PAUSE_AT={step}: resumed");
 }
 
 #[cfg(test)]

@@ -165,6 +165,7 @@ impl SnapshotOps {
                 self.options.merge_bandwidth,
             )
             .map_err(backend_err)?;
+        journal::crash_point("delete-external:live-commit-started");
         let started = Instant::now();
         let mut best_remaining = u64::MAX;
         let mut last_progress = Instant::now();

@@ -248,15 +248,15 @@ impl SnapshotOps {
     }
 
     /// Removes the images in `candidates` that no chain of any domain reads any more and that
-    /// hold no internal snapshot. Anything uncertain is kept.
-    fn remove_unused(&self, candidates: &[PathBuf]) {
-        let chains = match self.scan.chains(None) {
-            Ok(c) => c,
-            Err(e) => {
-                warn!("keeping old overlays: {e}");
-                return;
-            }
-        };
+    /// hold no internal snapshot. Anything uncertain is kept. An error when what reads them
+    /// cannot be found out now (libvirt unreachable, say): nothing was removed.
+    fn remove_unused(&self, candidates: &[PathBuf]) -> Result<(), FsError> {
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let chains = self.scan.chains(None).inspect_err(|e| {
+            warn!("keeping old overlays for now: {e}");
+        })?;
         let used: BTreeSet<PathBuf> = chains
             .iter()
             .flat_map(|c| c.layers.iter().cloned())
@@ -277,6 +277,19 @@ impl SnapshotOps {
                 Ok(true) => info!("kept {}: it holds internal snapshots", path.display()),
                 Err(e) => warn!("kept {}: {e}", path.display()),
             }
+        }
+        Ok(())
+    }
+
+    /// Ends an operation's intent record once its last step (`last`) is done; when that step
+    /// failed, the record stays so that the next mount finishes or undoes the operation.
+    fn settle(intent: journal::IntentFile, last: Result<(), FsError>, what: &str) {
+        match last {
+            Ok(()) => intent.done(),
+            Err(e) => warn!(
+                "{what}: not finished ({e}); its intent record {} is kept and the next mount finishes it",
+                intent.path().display()
+            ),
         }
     }
 }

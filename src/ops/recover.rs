@@ -41,15 +41,17 @@ impl SnapshotOps {
                     .any(|d| created.contains(&images::canonical(&d.chain.top.path)));
                 if switched {
                     self.finish_revert(&plan)?;
+                    self.remove_unused(&plan.discard)?;
                     Ok(format!("revert of domain {} finished", plan.domain))
                 } else {
-                    self.undo_revert(&plan);
+                    self.undo_revert(&plan)?;
                     Ok(format!("revert of domain {} undone", plan.domain))
                 }
             }
             "delete-external" => {
                 let plan = DeletePlan::from_json(intent).ok_or_else(bad)?;
                 self.finish_delete(&plan, &mut 0)?;
+                self.remove_leftovers(&plan)?;
                 Ok(format!(
                     "deletion of {} of domain {} finished",
                     plan.snapshot, plan.domain

@@ -16,6 +16,7 @@ impl SnapshotOps {
         let snap = self.snapshot(model, name)?;
         if Self::is_internal(snap) {
             self.check_internal_revert_is_safe(model, snap, fetch)?;
+            journal::pause_point("revert-internal:calling-libvirt");
             self.backend
                 .revert_snapshot(&model.name, name, 0)
                 .map_err(backend_err)?;
@@ -137,12 +138,12 @@ impl SnapshotOps {
             new_xml,
             discard,
         };
+        let what = format!("domain {}: revert to {}", model.name, snap.name);
         let intent = self.record(&plan.to_json())?;
         journal::crash_point("revert-external:recorded");
         for (i, o) in plan.overlays.iter().enumerate() {
             if let Err(e) = images::create_overlay(&o.base, o.format, &o.overlay) {
-                self.undo_revert(&plan);
-                intent.done();
+                Self::settle(intent, self.undo_revert(&plan), &what);
                 return Err(e);
             }
             if i == 0 {
@@ -150,19 +151,24 @@ impl SnapshotOps {
             }
         }
         if let Err(e) = self.backend.define_domain(&plan.new_xml) {
-            self.undo_revert(&plan);
-            intent.done();
+            Self::settle(intent, self.undo_revert(&plan), &what);
             return Err(backend_err(e));
         }
         journal::crash_point("revert-external:domain-defined");
-        let finished = self.finish_revert(&plan);
-        if finished.is_err() {
-            // The domain already runs on the new overlays: put it back as it was.
-            let _ = self.backend.define_domain(&old_xml);
-            self.undo_revert(&plan);
+        if let Err(e) = self.finish_revert(&plan) {
+            // The domain already runs on the new overlays: put it back as it was. If that
+            // fails too, the record stays and the next mount finishes the revert.
+            let undone = self
+                .backend
+                .define_domain(&old_xml)
+                .map_err(backend_err)
+                .and_then(|()| self.undo_revert(&plan));
+            Self::settle(intent, undone, &what);
+            return Err(e);
         }
-        intent.done();
-        finished?;
+        // The revert is done; only removing the discarded overlays may be left to the next
+        // mount.
+        Self::settle(intent, self.remove_unused(&plan.discard), &what);
         info!(
             "domain {}: reverted to external snapshot (new overlays {})",
             model.name,
@@ -175,8 +181,9 @@ impl SnapshotOps {
         Ok(())
     }
 
-    /// The steps of an external revert after the domain points at the new overlays; safe to
-    /// run again.
+    /// The step of an external revert after the domain points at the new overlays (the
+    /// snapshot made current); safe to run again. Then the discarded overlays go
+    /// (`remove_unused`).
     pub(super) fn finish_revert(&self, plan: &RevertPlan) -> Result<(), FsError> {
         self.backend
             .create_snapshot(
@@ -186,18 +193,18 @@ impl SnapshotOps {
             )
             .map_err(backend_err)?;
         journal::crash_point("revert-external:snapshot-current");
-        self.remove_unused(&plan.discard);
         Ok(())
     }
 
-    /// Removes the overlays an unfinished revert created, if nothing reads them.
-    pub(super) fn undo_revert(&self, plan: &RevertPlan) {
+    /// Removes the overlays an unfinished revert created, if nothing reads them; an error when
+    /// that cannot be found out now.
+    pub(super) fn undo_revert(&self, plan: &RevertPlan) -> Result<(), FsError> {
         let created: Vec<PathBuf> = plan
             .overlays
             .iter()
             .map(|o| o.overlay.clone())
             .filter(|p| p.exists())
             .collect();
-        self.remove_unused(&created);
+        self.remove_unused(&created)
     }
 }

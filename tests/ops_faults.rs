@@ -1,0 +1,640 @@
+//! Faults and concurrent readers.
+//!
+//! - libvirtd killed (`kill -9`) at named steps of a create, an internal and an external
+//!   revert, an offline merge and a live block commit, then started again: the daemon stops at
+//!   the step (`VIRTSNAPFS_PAUSE_AT`, see `ops::journal::pause_point`), libvirtd is killed, and
+//!   the operation goes on either with libvirtd still dead or after it is back. Then a new
+//!   mount recovers: the operation is finished or undone, every disk keeps its exact bytes (what
+//!   the mount serves and what `qemu-img convert` reads agree), the tree equals virsh's, no
+//!   intent record and no image that nothing reads is left.
+//! - The daemon itself killed in the middle of a live block commit.
+//! - Readers of snapshots' disks (several threads, random reads and whole-file passes, one
+//!   handle held open throughout) while another snapshot of the domain is deleted and merged,
+//!   offline and live: every read is the snapshot's bytes as `qemu-img convert` read them
+//!   beforehand, or EIO.
+//!
+//! Restarts the host's libvirtd, so it lives in its own test binary, and its tests take a lock
+//! so that only one of them runs at a time.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::vm::{
+    convert, eventually, expected_tree, mounted_tree, p, sh, virsh, Mount, TestDomain, URI,
+};
+use virtsnapfs::backend::Backend;
+
+/// One test of this binary at a time: they kill libvirtd.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------------
+// libvirtd
+
+/// The running (not zombie) libvirtd's process id.
+fn libvirtd_pid() -> Option<String> {
+    let out = Command::new("pgrep")
+        .args(["-x", "libvirtd"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|pid| !is_gone(pid))
+        .map(str::to_string)
+}
+
+/// Whether process `pid` has exited (gone, or a zombie not reaped yet).
+fn is_gone(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+        s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'))
+    })
+}
+
+fn libvirtd_answers() -> bool {
+    Command::new("virsh")
+        .args(["-q", "-c", URI, "version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Starts libvirtd and waits until it answers; `down_since`: when it was killed.
+fn start_libvirtd(down_since: Instant) {
+    if libvirtd_pid().is_none() {
+        sh("libvirtd", &["-d"]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !libvirtd_answers() {
+        assert!(Instant::now() < deadline, "libvirtd does not answer again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "  libvirtd was down for {:.2} s",
+        down_since.elapsed().as_secs_f64()
+    );
+}
+
+/// Kills libvirtd with SIGKILL and waits until it is gone; returns when.
+fn kill_libvirtd() -> Instant {
+    let pid = libvirtd_pid().expect("libvirtd is not running");
+    sh("kill", &["-9", &pid]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !is_gone(&pid) {
+        assert!(Instant::now() < deadline, "libvirtd {pid} survived kill -9");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Instant::now()
+}
+
+/// Starts libvirtd again if a test failed while it was down, so that no other test on the
+/// host is left without it.
+struct LibvirtdGuard;
+
+impl Drop for LibvirtdGuard {
+    fn drop(&mut self) {
+        if libvirtd_pid().is_none() {
+            let _ = Command::new("libvirtd").arg("-d").status();
+            for _ in 0..300 {
+                if libvirtd_answers() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pausing the daemon at a step
+
+struct Pause {
+    dir: tempfile::TempDir,
+}
+
+impl Pause {
+    fn new() -> Pause {
+        Pause {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn env(&self, step: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("VIRTSNAPFS_PAUSE_AT", step.to_string()),
+            (
+                "VIRTSNAPFS_PAUSE_DIR",
+                self.dir.path().to_str().unwrap().to_string(),
+            ),
+        ]
+    }
+
+    fn wait(&self, mount: &Mount, step: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.dir.path().join("paused").exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon never reached {step}: {}",
+                mount.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn resume(&self) {
+        std::fs::write(self.dir.path().join("resume"), "").unwrap();
+    }
+}
+
+/// Runs a command in a thread; its output arrives on the receiver.
+fn spawn_verb(args: Vec<String>) -> std::sync::mpsc::Receiver<Output> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let out = Command::new(&args[0]).args(&args[1..]).output().unwrap();
+        let _ = tx.send(out);
+    });
+    rx
+}
+
+fn wait_verb(rx: &std::sync::mpsc::Receiver<Output>, what: &str) -> Output {
+    rx.recv_timeout(Duration::from_secs(120))
+        .unwrap_or_else(|_| panic!("{what}: the command did not return"))
+}
+
+/// When libvirtd comes back relative to the paused operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Restart {
+    /// The operation goes on with libvirtd dead (its libvirt calls fail); libvirtd is started
+    /// again once the command has returned.
+    AfterTheCommand,
+    /// libvirtd is started again before the operation goes on (it finds its connection gone).
+    BeforeResuming,
+}
+
+// ---------------------------------------------------------------------------------------------
+// What must hold afterwards
+
+fn sha256(path: &Path) -> String {
+    sh("sha256sum", &[path.to_str().unwrap()])
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// SHA-256 of every disk of `dom` as the mount serves it, keyed "live" or the snapshot's name,
+/// each asserted equal to SHA-256 of `qemu-img convert` of the image libvirt names for it
+/// (the live disk from `virsh domblklist`, snapshots from their XML).
+fn checked_hashes(mount: &Mount, dom: &TestDomain, what: &str) -> BTreeMap<String, String> {
+    let backend = virtsnapfs::libvirt::LibvirtBackend::connect(Some(URI.into())).unwrap();
+    let model = backend.load_domain(&dom.name).unwrap().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let mut oracle = BTreeMap::new();
+    let out = scratch.path().join("live.raw");
+    convert(&dom.live_source("vda"), None, &out);
+    oracle.insert("live".to_string(), sha256(&out));
+    std::fs::remove_file(&out).unwrap();
+    for s in &model.snapshots {
+        for d in &s.disks {
+            let out = scratch.path().join("snap.raw");
+            convert(&d.chain.top.path, d.chain.snapshot.as_deref(), &out);
+            oracle.insert(s.name.clone(), sha256(&out));
+            std::fs::remove_file(&out).unwrap();
+        }
+    }
+    let base = mount.path(&dom.name);
+    let listing = sh("find", &[base.to_str().unwrap(), "-name", "vda.raw"]);
+    let mut served = BTreeMap::new();
+    for file in listing.lines() {
+        let dir = Path::new(file).parent().unwrap();
+        let dir = dir.file_name().unwrap().to_str().unwrap();
+        let key = if dir == "live" {
+            "live".to_string()
+        } else {
+            virtsnapfs::fs::names::decode(dir).unwrap()
+        };
+        served.insert(key, sha256(Path::new(file)));
+    }
+    assert_eq!(served, oracle, "{what}: the mount and qemu-img disagree");
+    served
+}
+
+/// A mount with its own state directory (never recovering another test's intent records).
+fn own_mount(options: &[&str]) -> Mount {
+    let state = std::env::temp_dir().join(format!("vsfs-faults-state-{}", std::process::id()));
+    let state_opt = format!("state_dir={}", state.display());
+    let mut opts = vec![state_opt.as_str()];
+    opts.extend_from_slice(options);
+    Mount::new(&opts)
+}
+
+/// [`checked_hashes`] on a mount of its own.
+fn hashes_now(dom: &TestDomain) -> BTreeMap<String, String> {
+    let mount = own_mount(&[]);
+    checked_hashes(&mount, dom, "before")
+}
+
+/// Images in the domain's directory that no chain of the domain reads.
+fn unused_images(dom: &TestDomain) -> Vec<PathBuf> {
+    let backend = virtsnapfs::libvirt::LibvirtBackend::connect(Some(URI.into())).unwrap();
+    let model = Arc::new(backend.load_domain(&dom.name).unwrap().unwrap());
+    let cache = Arc::new(virtsnapfs::cache::MetadataCache::new(8 << 20));
+    let mut layers =
+        |spec: &virtsnapfs::image::ChainSpec| virtsnapfs::ops::scan::chain_layers(spec, &cache);
+    let chains = virtsnapfs::ops::scan::domain_chains(&model, &mut layers).unwrap();
+    let used: BTreeSet<PathBuf> = chains.iter().flat_map(|c| c.layers.clone()).collect();
+    std::fs::read_dir(&dom.dir)
+        .unwrap()
+        .map(|e| virtsnapfs::ops::images::canonical(&e.unwrap().path()))
+        .filter(|p| p.file_name().unwrap() != "domain.xml" && !used.contains(p))
+        .collect()
+}
+
+/// Internal snapshots the image holds (`qemu-img snapshot -l`).
+fn internal_snapshots(image: &Path) -> Vec<String> {
+    let info: serde_json::Value = serde_json::from_str(&sh(
+        "qemu-img",
+        &["info", "-U", "--output=json", image.to_str().unwrap()],
+    ))
+    .unwrap();
+    let mut names: Vec<String> = info["snapshots"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| s["name"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// After the new mount's recovery: no intent record, the tree equals virsh's (and `current`
+/// names virsh's current snapshot), no image that nothing reads.
+fn assert_consistent(mount: &Mount, dom: &TestDomain, state: &Path, what: &str) {
+    let journal: Vec<_> = std::fs::read_dir(state.join("journal"))
+        .map(|d| d.collect())
+        .unwrap_or_default();
+    assert!(
+        journal.is_empty(),
+        "{what}: intent records left: {journal:?}"
+    );
+    eventually(5, "tree equals virsh's", || {
+        mounted_tree(mount, dom) == expected_tree(dom)
+    });
+    let link = std::fs::read_link(mount.path(&format!("{}/current", dom.name)))
+        .ok()
+        .map(|l| virtsnapfs::fs::names::decode(l.file_name().unwrap().to_str().unwrap()).unwrap());
+    assert_eq!(link, dom.current(), "{what}: current");
+    assert_eq!(
+        unused_images(dom),
+        Vec::<PathBuf>::new(),
+        "{what}: images nothing reads"
+    );
+}
+
+/// Mounts with the daemon set to pause at `step`, runs the command `verb` gives, kills libvirtd
+/// at the pause, starts it again as `restart` says, then mounts again (the new daemon recovers)
+/// and checks what must hold whatever the outcome. Returns the command's output and the new
+/// mount.
+fn kill_libvirtd_at(
+    dom: &TestDomain,
+    state: &Path,
+    options: &[&str],
+    step: &str,
+    restart: Restart,
+    verb: impl FnOnce(&Mount) -> Vec<String>,
+) -> (Output, Mount) {
+    let what = format!("{step} ({restart:?})");
+    eprintln!("{}: {what}", dom.name);
+    let _guard = LibvirtdGuard;
+    let state_opt = format!("state_dir={}", state.display());
+    let mut opts = vec![state_opt.as_str()];
+    opts.extend_from_slice(options);
+    let pause = Pause::new();
+    let env = pause.env(step);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let paused = Mount::with_env(&opts, &env);
+    let rx = spawn_verb(verb(&paused));
+    pause.wait(&paused, step);
+    let down = kill_libvirtd();
+    let out = match restart {
+        Restart::BeforeResuming => {
+            start_libvirtd(down);
+            pause.resume();
+            wait_verb(&rx, &what)
+        }
+        Restart::AfterTheCommand => {
+            pause.resume();
+            let out = wait_verb(&rx, &what);
+            start_libvirtd(down);
+            out
+        }
+    };
+    eprintln!(
+        "  the command {}: {}",
+        if out.status.success() {
+            "succeeded"
+        } else {
+            "failed"
+        },
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let left = std::fs::read_dir(state.join("journal"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    drop(paused);
+    let mount = Mount::new(&opts);
+    eprintln!(
+        "  intent records left for the next mount: {left}; it {}",
+        if mount
+            .log_text()
+            .contains("recovered an unfinished operation")
+        {
+            "recovered"
+        } else {
+            "had nothing to recover"
+        }
+    );
+    assert_consistent(&mount, dom, state, &what);
+    (out, mount)
+}
+
+/// A shut-off domain with external snapshots take-1 > take-2, current take-2, distinct data in
+/// each and in the live disk.
+fn two_external(label: &str) -> TestDomain {
+    let dom = TestDomain::new(label, "8M");
+    dom.write("vda.qcow2", "write -P 0x01 0 1M");
+    let mount = own_mount(&["snapshot_kind=external"]);
+    sh("mkdir", &[&p(&mount, &dom, "snapshots/take-1")]);
+    dom.write_live("write -P 0x02 512k 1M");
+    sh("mkdir", &[&p(&mount, &dom, "current/take-2")]);
+    dom.write_live("write -P 0x03 2M 64k");
+    dom
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+const BOTH: [Restart; 2] = [Restart::AfterTheCommand, Restart::BeforeResuming];
+
+// ---------------------------------------------------------------------------------------------
+// libvirtd killed mid-operation
+
+#[test]
+fn libvirtd_killed_during_an_internal_create_and_revert() {
+    let _serial = serial();
+    for restart in BOTH {
+        let dom = TestDomain::new("fault-internal", "8M");
+        dom.write("vda.qcow2", "write -P 0x11 0 1M");
+        dom.snapshot("s1", &[]);
+        dom.write("vda.qcow2", "write -P 0x12 512k 1M");
+        let state = tempfile::tempdir().unwrap();
+        let before = hashes_now(&dom);
+
+        let (out, mount) = kill_libvirtd_at(
+            &dom,
+            state.path(),
+            &[],
+            "create:calling-libvirt",
+            restart,
+            |m| args(&["mkdir", &p(m, &dom, "current/s2")]),
+        );
+        let after = checked_hashes(&mount, &dom, "create");
+        let names = internal_snapshots(&dom.path("vda.qcow2"));
+        if out.status.success() || dom.current().as_deref() == Some("s2") {
+            assert_eq!(names, ["s1", "s2"], "{restart:?}");
+            assert_eq!(after["s2"], before["live"], "{restart:?}");
+        } else {
+            // Undone: no snapshot s2 anywhere, not even in the image.
+            assert_eq!(
+                names,
+                ["s1"],
+                "{restart:?}: the image holds a snapshot libvirt lacks"
+            );
+            assert_eq!(dom.current().as_deref(), Some("s1"));
+        }
+        assert_eq!(after["s1"], before["s1"], "{restart:?}");
+        assert_eq!(after["live"], before["live"], "{restart:?}");
+        drop(mount);
+
+        let before = hashes_now(&dom);
+        let (out, mount) = kill_libvirtd_at(
+            &dom,
+            state.path(),
+            &[],
+            "revert-internal:calling-libvirt",
+            restart,
+            |m| args(&["mv", &p(m, &dom, "snapshots/s1"), &p(m, &dom, "live/")]),
+        );
+        let after = checked_hashes(&mount, &dom, "revert");
+        for (k, v) in &before {
+            if k != "live" {
+                assert_eq!(after.get(k), Some(v), "{restart:?}: {k}");
+            }
+        }
+        if out.status.success() || after["live"] == before["s1"] {
+            assert_eq!(after["live"], before["s1"], "{restart:?}");
+            assert_eq!(dom.current().as_deref(), Some("s1"), "{restart:?}");
+        } else {
+            assert_eq!(after["live"], before["live"], "{restart:?}");
+        }
+    }
+}
+
+#[test]
+fn libvirtd_killed_during_an_external_revert() {
+    let _serial = serial();
+    for step in [
+        "create:calling-libvirt",
+        "revert-external:recorded",
+        "revert-external:overlay-created",
+        "revert-external:domain-defined",
+        "revert-external:snapshot-current",
+    ] {
+        for restart in BOTH {
+            let dom = two_external("fault-revert");
+            let state = tempfile::tempdir().unwrap();
+            let before = hashes_now(&dom);
+            let create = step.starts_with("create");
+            let (out, mount) = kill_libvirtd_at(
+                &dom,
+                state.path(),
+                &["snapshot_kind=external"],
+                step,
+                restart,
+                |m| {
+                    if create {
+                        args(&["mkdir", &p(m, &dom, "current/take-3")])
+                    } else {
+                        args(&["mv", &p(m, &dom, "snapshots/take-1"), &p(m, &dom, "live/")])
+                    }
+                },
+            );
+            let what = format!("{step} ({restart:?})");
+            let after = checked_hashes(&mount, &dom, &what);
+            assert_eq!(after["take-1"], before["take-1"], "{what}");
+            assert_eq!(after["take-2"], before["take-2"], "{what}");
+            if create {
+                if out.status.success() || after.contains_key("take-3") {
+                    assert_eq!(after["take-3"], before["live"], "{what}");
+                    assert_eq!(dom.current().as_deref(), Some("take-3"), "{what}");
+                } else {
+                    assert_eq!(dom.current().as_deref(), Some("take-2"), "{what}");
+                }
+                assert_eq!(after["live"], before["live"], "{what}");
+            } else if out.status.success() || dom.current().as_deref() == Some("take-1") {
+                assert_eq!(
+                    after["live"], before["take-1"],
+                    "{what}: revert not finished"
+                );
+                assert_eq!(dom.current().as_deref(), Some("take-1"), "{what}");
+            } else {
+                assert_eq!(after["live"], before["live"], "{what}: revert not undone");
+                assert_eq!(dom.current().as_deref(), Some("take-2"), "{what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn libvirtd_killed_during_an_offline_merge() {
+    let _serial = serial();
+    for step in [
+        "delete-external:recorded",
+        "delete-external:committed",
+        "delete-external:rebased",
+        "delete-external:merged",
+        "delete-external:metadata-deleted",
+    ] {
+        for restart in BOTH {
+            let dom = two_external("fault-merge");
+            let state = tempfile::tempdir().unwrap();
+            let before = hashes_now(&dom);
+            // take-1's image is read only through take-1's overlay: deleting merges them.
+            let (out, mount) = kill_libvirtd_at(&dom, state.path(), &[], step, restart, |m| {
+                args(&["rmdir", &p(m, &dom, "snapshots/take-1")])
+            });
+            let what = format!("{step} ({restart:?})");
+            let after = checked_hashes(&mount, &dom, &what);
+            assert_eq!(after["take-2"], before["take-2"], "{what}");
+            assert_eq!(after["live"], before["live"], "{what}");
+            if out.status.success() || !after.contains_key("take-1") {
+                assert!(!after.contains_key("take-1"), "{what}: take-1 still there");
+                assert!(
+                    !dom.path("vda.take-1").exists(),
+                    "{what}: merged overlay left"
+                );
+            } else {
+                assert_eq!(after["take-1"], before["take-1"], "{what}");
+            }
+        }
+    }
+}
+
+/// A running domain with external snapshots take-1 > take-2 taken live, 8 MiB of data in each
+/// overlay, so that a merge at 4 MiB/s takes about two seconds.
+fn running_two_external(label: &str) -> TestDomain {
+    let dom = TestDomain::new(label, "32M");
+    virsh(&["start", &dom.name]);
+    dom.write_running("write -P 0x51 0 8M");
+    dom.write_running("flush");
+    let mount = own_mount(&["snapshot_kind=external"]);
+    sh("mkdir", &[&p(&mount, &dom, "snapshots/take-1")]);
+    dom.write_running("write -P 0x52 4M 8M");
+    dom.write_running("flush");
+    sh("mkdir", &[&p(&mount, &dom, "current/take-2")]);
+    dom.write_running("write -P 0x53 10M 8M");
+    dom.write_running("flush");
+    dom
+}
+
+const SLOW_MERGE: &str = "merge_bandwidth=4194304";
+
+#[test]
+fn libvirtd_killed_during_a_live_block_commit() {
+    let _serial = serial();
+    // take-1: its overlay is in the middle of the running chain (intermediate commit);
+    // take-2: its overlay is the active layer (active commit, then pivot).
+    for (snapshot, dir) in [
+        ("take-1", "snapshots/take-1"),
+        ("take-2", "snapshots/take-1/take-2"),
+    ] {
+        for restart in BOTH {
+            let dom = running_two_external("fault-live");
+            let state = tempfile::tempdir().unwrap();
+            let before = hashes_now(&dom);
+            let (out, mount) = kill_libvirtd_at(
+                &dom,
+                state.path(),
+                &[SLOW_MERGE],
+                "delete-external:live-commit-started",
+                restart,
+                |m| args(&["rmdir", &p(m, &dom, dir)]),
+            );
+            let what = format!("{snapshot} ({restart:?})");
+            assert_eq!(virsh(&["domstate", &dom.name]).trim(), "running", "{what}");
+            let after = checked_hashes(&mount, &dom, &what);
+            assert_eq!(after["live"], before["live"], "{what}");
+            for (k, v) in &before {
+                if k != snapshot && k != "live" {
+                    assert_eq!(after.get(k), Some(v), "{what}: {k}");
+                }
+            }
+            if out.status.success() || !after.contains_key(snapshot) {
+                assert!(!after.contains_key(snapshot), "{what}: still there");
+            } else {
+                assert_eq!(after[snapshot], before[snapshot], "{what}");
+            }
+            assert!(
+                !dom.path(&format!("vda.{snapshot}")).exists() || after.contains_key(snapshot),
+                "{what}: merged overlay left"
+            );
+        }
+    }
+}
+
+#[test]
+fn daemon_killed_during_a_live_block_commit() {
+    let _serial = serial();
+    for (snapshot, dir) in [
+        ("take-1", "snapshots/take-1"),
+        ("take-2", "snapshots/take-1/take-2"),
+    ] {
+        let dom = running_two_external("crash-live");
+        let state = tempfile::tempdir().unwrap();
+        let before = hashes_now(&dom);
+        let state_opt = format!("state_dir={}", state.path().display());
+        let opts = [state_opt.as_str(), SLOW_MERGE];
+        let step = "delete-external:live-commit-started";
+        let mut crashing = Mount::with_env(&opts, &[("VIRTSNAPFS_CRASH_AT", step)]);
+        let _ = Command::new("rmdir").arg(p(&crashing, &dom, dir)).output();
+        assert!(!crashing.wait_exit().success(), "{}", crashing.log_text());
+        drop(crashing);
+        let mount = Mount::new(&opts);
+        assert!(
+            mount
+                .log_text()
+                .contains("recovered an unfinished operation"),
+            "{}",
+            mount.log_text()
+        );
+        assert_consistent(&mount, &dom, state.path(), snapshot);
+        assert_eq!(virsh(&["domstate", &dom.name]).trim(), "running");
+        let after = checked_hashes(&mount, &dom, snapshot);
+        assert!(!after.contains_key(snapshot), "{snapshot}: still there");
+        for (k, v) in &before {
+            if k != snapshot {
+                assert_eq!(after.get(k), Some(v), "{snapshot}: {k}");
+            }
+        }
+        assert!(!dom.path(&format!("vda.{snapshot}")).exists());
+    }
+}
