@@ -638,3 +638,366 @@ fn daemon_killed_during_a_live_block_commit() {
         assert!(!dom.path(&format!("vda.{snapshot}")).exists());
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Readers during a merge
+
+/// A small deterministic generator for read offsets and lengths.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadKind {
+    /// Random offsets and lengths (4 KiB to 256 KiB), the file opened again for each read.
+    Random,
+    /// Random reads on one handle opened before the merge and held across it.
+    Held,
+    /// Whole-file passes, 1 MiB at a time, the file opened again for each pass.
+    WholeFile,
+}
+
+struct Reader {
+    name: String,
+    kind: ReadKind,
+    /// Where the disk is, tried in order (a snapshot's directory moves up when its parent is
+    /// deleted).
+    paths: Vec<PathBuf>,
+    /// `qemu-img convert` of the snapshot, made beforehand.
+    oracle: PathBuf,
+}
+
+/// What a reader saw: each read's start and end (seconds from the test's clock) and outcome.
+#[derive(Default)]
+struct Seen {
+    reads: Vec<(f64, f64)>,
+    bytes: u64,
+    passes: u64,
+    eio: u64,
+    wrong: Vec<String>,
+    other: Vec<String>,
+}
+
+/// Opens `path` for reading around the kernel's page cache (O_DIRECT), so every read reaches
+/// the daemon.
+fn open_direct(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+}
+
+fn open_any(paths: &[PathBuf]) -> std::io::Result<std::fs::File> {
+    let mut last = None;
+    for p in paths {
+        match open_direct(p) {
+            Ok(f) => return Ok(f),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap())
+}
+
+/// A 4 KiB-aligned buffer of `len` bytes (O_DIRECT wants one).
+struct Aligned {
+    storage: Vec<u8>,
+    start: usize,
+}
+
+impl Aligned {
+    fn new(len: usize) -> Aligned {
+        let storage = vec![0u8; len + 4096];
+        let start = storage.as_ptr().align_offset(4096);
+        Aligned { storage, start }
+    }
+
+    fn get(&mut self, len: usize) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + len]
+    }
+}
+
+fn run_reader(r: &Reader, clock: Instant, stop: &std::sync::atomic::AtomicBool, seed: u64) -> Seen {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::Ordering;
+    let oracle = std::fs::File::open(&r.oracle).unwrap();
+    let size = oracle.metadata().unwrap().len();
+    let mut seen = Seen::default();
+    let mut rng = XorShift(seed);
+    let mut buf = Aligned::new(1 << 20);
+    let mut expect = vec![0u8; 1 << 20];
+    let held = (r.kind == ReadKind::Held).then(|| open_any(&r.paths).unwrap());
+    let mut one_read = |file: &std::fs::File, offset: u64, len: usize, seen: &mut Seen| {
+        let start = clock.elapsed().as_secs_f64();
+        let got = file.read_at(buf.get(len), offset);
+        let end = clock.elapsed().as_secs_f64();
+        seen.reads.push((start, end));
+        match got {
+            Ok(n) => {
+                let n_expected = len.min((size - offset) as usize);
+                oracle
+                    .read_exact_at(&mut expect[..n_expected], offset)
+                    .unwrap();
+                seen.bytes += n as u64;
+                if n != n_expected || buf.get(len)[..n] != expect[..n] {
+                    let first = (0..n.min(n_expected))
+                        .find(|&i| buf.get(len)[i] != expect[i])
+                        .map_or(n as u64, |i| i as u64);
+                    if seen.wrong.len() < 5 {
+                        seen.wrong.push(format!(
+                            "{}: read of {len} at {offset} returned {n} bytes, first wrong byte at {} (t={start:.2}..{end:.2})",
+                            r.name,
+                            offset + first
+                        ));
+                    } else {
+                        seen.wrong.push(String::new());
+                    }
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => seen.eio += 1,
+            Err(e) => {
+                if seen.other.len() < 5 {
+                    seen.other
+                        .push(format!("{}: read at {offset}: {e}", r.name));
+                }
+            }
+        }
+    };
+    while !stop.load(Ordering::Relaxed) {
+        match r.kind {
+            ReadKind::Random | ReadKind::Held => {
+                let len = ((1 + rng.next() % 64) * 4096) as usize;
+                let offset = (rng.next() % (size / 4096)) * 4096;
+                match &held {
+                    Some(f) => one_read(f, offset, len, &mut seen),
+                    None => match open_any(&r.paths) {
+                        Ok(f) => one_read(&f, offset, len, &mut seen),
+                        Err(e) => seen.other.push(format!("{}: open: {e}", r.name)),
+                    },
+                }
+            }
+            ReadKind::WholeFile => {
+                let f = match open_any(&r.paths) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        seen.other.push(format!("{}: open: {e}", r.name));
+                        continue;
+                    }
+                };
+                let mut offset = 0;
+                while offset < size && !stop.load(Ordering::Relaxed) {
+                    one_read(&f, offset, 1 << 20, &mut seen);
+                    offset += 1 << 20;
+                }
+                if offset >= size {
+                    seen.passes += 1;
+                }
+            }
+        }
+    }
+    seen
+}
+
+/// A domain with a 256 MiB disk full of random data and external snapshots take-1 > take-2 >
+/// take-3 (running or shut off), 160 MiB of new data in take-1's overlay, so that deleting
+/// take-1 merges 160 MiB. Returns the domain and the scratch directory holding the data files.
+fn three_external_256m(label: &str, running: bool) -> (TestDomain, tempfile::TempDir) {
+    let dom = TestDomain::new(label, "256M");
+    let scratch = tempfile::tempdir().unwrap();
+    let data = |name: &str, mib: u32| {
+        let path = scratch.path().join(name);
+        sh(
+            "dd",
+            &[
+                "if=/dev/urandom",
+                &format!("of={}", path.display()),
+                "bs=1M",
+                &format!("count={mib}"),
+                "status=none",
+            ],
+        );
+        path.display().to_string()
+    };
+    let write = |command: String| {
+        if running {
+            dom.write_running(&command);
+            dom.write_running("flush");
+        } else {
+            dom.write_live(&command);
+        }
+    };
+    if running {
+        virsh(&["start", &dom.name]);
+    }
+    write(format!("write -s {} 0 256M", data("base", 256)));
+    let mount = own_mount(&["snapshot_kind=external"]);
+    sh("mkdir", &[&p(&mount, &dom, "snapshots/take-1")]);
+    write(format!("write -s {} 48M 160M", data("one", 160)));
+    sh("mkdir", &[&p(&mount, &dom, "current/take-2")]);
+    write(format!("write -s {} 8M 16M", data("two", 16)));
+    sh("mkdir", &[&p(&mount, &dom, "current/take-3")]);
+    write(format!("write -s {} 100M 8M", data("three", 8)));
+    (dom, scratch)
+}
+
+/// Deletes take-1 of a [`three_external_256m`] domain (a merge of 160 MiB) while readers read
+/// take-2, take-3 and the live disk, and one handle on take-3 opened before is held across
+/// it; every read must return the oracle's bytes or EIO, and enough reads must overlap the
+/// merge.
+fn readers_during_a_merge(running: bool, options: &[&str]) {
+    let (dom, scratch) =
+        three_external_256m(if running { "read-live" } else { "read-offline" }, running);
+    let state = tempfile::tempdir().unwrap();
+    let state_opt = format!("state_dir={}", state.path().display());
+    let mut opts = vec![state_opt.as_str()];
+    opts.extend_from_slice(options);
+    let mount = Mount::new(&opts);
+    let before = checked_hashes(&mount, &dom, "before");
+    // The oracles: qemu-img convert of each disk, made before the merge.
+    let backend = virtsnapfs::libvirt::LibvirtBackend::connect(Some(URI.into())).unwrap();
+    let model = backend.load_domain(&dom.name).unwrap().unwrap();
+    let oracle = |name: &str| -> PathBuf {
+        let out = scratch.path().join(format!("{name}.raw"));
+        let top = if name == "live" {
+            dom.live_source("vda")
+        } else {
+            model.snapshot(name).unwrap().disks[0]
+                .chain
+                .top
+                .path
+                .clone()
+        };
+        convert(&top, None, &out);
+        out
+    };
+    let m = |rel: &str| mount.path(&format!("{}/{rel}", dom.name));
+    let take2 = vec![
+        m("snapshots/take-1/take-2/vda.raw"),
+        m("snapshots/take-2/vda.raw"),
+    ];
+    let take3 = vec![
+        m("snapshots/take-1/take-2/take-3/vda.raw"),
+        m("snapshots/take-2/take-3/vda.raw"),
+    ];
+    let readers = vec![
+        Reader {
+            name: "take-2 random".into(),
+            kind: ReadKind::Random,
+            paths: take2.clone(),
+            oracle: oracle("take-2"),
+        },
+        Reader {
+            name: "take-2 whole file".into(),
+            kind: ReadKind::WholeFile,
+            paths: take2,
+            oracle: oracle("take-2"),
+        },
+        Reader {
+            name: "take-3 random".into(),
+            kind: ReadKind::Random,
+            paths: take3.clone(),
+            oracle: oracle("take-3"),
+        },
+        Reader {
+            name: "take-3 held open".into(),
+            kind: ReadKind::Held,
+            paths: take3,
+            oracle: oracle("take-3"),
+        },
+        Reader {
+            name: "live random".into(),
+            kind: ReadKind::Random,
+            paths: vec![m("live/vda.raw")],
+            oracle: oracle("live"),
+        },
+    ];
+    let clock = Instant::now();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (merge, seen) = std::thread::scope(|s| {
+        let handles: Vec<_> = readers
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let (clock, stop) = (clock, &stop);
+                s.spawn(move || run_reader(r, clock, stop, 0x9e37_79b9_7f4a_7c15 + i as u64))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(1500));
+        let start = clock.elapsed().as_secs_f64();
+        sh("rmdir", &[&p(&mount, &dom, "snapshots/take-1")]);
+        let end = clock.elapsed().as_secs_f64();
+        std::thread::sleep(Duration::from_millis(1500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let seen: Vec<Seen> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        ((start, end), seen)
+    });
+    let (merge_start, merge_end) = merge;
+    eprintln!(
+        "{}: rmdir take-1 (merging 160 MiB{}) from {merge_start:.2} s to {merge_end:.2} s ({:.2} s)",
+        dom.name,
+        if running { ", live block commit" } else { ", offline" },
+        merge_end - merge_start
+    );
+    let mut overlapped_total = 0;
+    let mut wrong = Vec::new();
+    let mut other = Vec::new();
+    for (r, s) in readers.iter().zip(&seen) {
+        let overlapped = s
+            .reads
+            .iter()
+            .filter(|(a, b)| *a < merge_end && *b > merge_start)
+            .count();
+        overlapped_total += overlapped;
+        eprintln!(
+            "  {:<18} {:>6} reads, {:>5} MiB checked, {:>3} whole-file passes, {:>4} overlapped the merge, {} EIO, {} wrong",
+            r.name,
+            s.reads.len(),
+            s.bytes >> 20,
+            s.passes,
+            overlapped,
+            s.eio,
+            s.wrong.len()
+        );
+        wrong.extend(s.wrong.iter().filter(|w| !w.is_empty()).cloned());
+        other.extend(s.other.iter().cloned());
+        assert!(s.bytes > 0, "{}: read nothing", r.name);
+    }
+    assert!(
+        wrong.is_empty(),
+        "reads that returned wrong bytes: {wrong:#?}"
+    );
+    assert!(
+        other.is_empty(),
+        "reads that failed otherwise than EIO: {other:#?}"
+    );
+    assert!(
+        overlapped_total >= 20,
+        "only {overlapped_total} reads overlapped the merge"
+    );
+    // And afterwards: take-1 gone, everything else as before.
+    assert!(!dom.path("vda.take-1").exists());
+    let after = checked_hashes(&mount, &dom, "after");
+    let mut expected = before.clone();
+    expected.remove("take-1");
+    assert_eq!(after, expected);
+}
+
+#[test]
+fn readers_during_an_offline_merge_see_exact_bytes() {
+    let _serial = serial();
+    readers_during_a_merge(false, &[]);
+}
+
+#[test]
+fn readers_during_a_live_block_commit_see_exact_bytes() {
+    let _serial = serial();
+    // 64 MiB/s: the 160 MiB commit takes about 2.5 s.
+    readers_during_a_merge(true, &["merge_bandwidth=67108864"]);
+}
