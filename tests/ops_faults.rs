@@ -886,7 +886,7 @@ fn readers_during_a_merge(running: bool, options: &[&str]) {
         m("snapshots/take-1/take-2/take-3/vda.raw"),
         m("snapshots/take-2/take-3/vda.raw"),
     ];
-    let readers = vec![
+    let readers = [
         Reader {
             name: "take-2 random".into(),
             kind: ReadKind::Random,
