@@ -12,6 +12,8 @@ use std::sync::Arc;
 use lru::LruCache;
 use parking_lot::Mutex;
 
+use crate::extent::Extent;
+
 /// Default budget: large enough to hold the L2 slices covering several TiB of 64 KiB-cluster
 /// images, small enough to keep the daemon well under 100 MiB resident.
 pub const DEFAULT_CACHE_BYTES: usize = 48 << 20;
@@ -40,7 +42,7 @@ pub enum CacheKey {
 pub enum CacheValue {
     TableSlice(Arc<[u64]>),
     Cluster(Arc<[u8]>),
-    ChainChunk(Arc<[crate::image::chain::Extent]>),
+    ChainChunk(Arc<[Extent]>),
 }
 
 impl CacheValue {
@@ -48,7 +50,7 @@ impl CacheValue {
         let payload = match self {
             CacheValue::TableSlice(s) => std::mem::size_of_val::<[u64]>(s),
             CacheValue::Cluster(c) => c.len(),
-            CacheValue::ChainChunk(c) => std::mem::size_of_val::<[crate::image::chain::Extent]>(c),
+            CacheValue::ChainChunk(c) => std::mem::size_of_val::<[Extent]>(c),
         };
         payload.saturating_add(ENTRY_OVERHEAD)
     }

@@ -3,7 +3,8 @@
 //! Layers, bottom up:
 //! - [`source`]: positioned reads over files (zeros past the end, like QEMU).
 //! - [`qcow2`]: the qcow2 format, one module per on-disk structure; untrusted input.
-//! - [`cache`]: one byte-budgeted LRU for all metadata derived from images.
+//! - [`extent`]: where the bytes of a guest range come from (what chains resolve, the cache keeps).
+//! - [`cache`]: one byte-budgeted LRU for all metadata derived from images and guest filesystems.
 //! - [`image`]: backing chains (qcow2 and raw layers) read as one disk.
 //! - [`inspect`]: the `virtsnapfs inspect` report of a chain.
 //! - [`model`]: domains, disks and snapshot trees as plain data.
@@ -25,6 +26,7 @@
 pub mod backend;
 pub mod cache;
 pub mod error;
+pub mod extent;
 pub mod fs;
 pub mod fuse;
 pub mod guest;

@@ -21,6 +21,7 @@ use std::sync::{Arc, OnceLock};
 
 use super::{Format, ImageError};
 use crate::cache::{next_id, CacheKey, CacheValue, MetadataCache};
+use crate::extent::{Extent, ExtentSource};
 use crate::qcow2::{L1View, Mapping, Qcow2Image};
 use crate::source::{prefetch_in_background, ByteSource};
 
@@ -71,76 +72,6 @@ impl Layer {
             LayerKind::Qcow2 { image, .. } => Some(image),
             LayerKind::Raw => None,
         }
-    }
-}
-
-/// Where the bytes of one guest range come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExtentSource {
-    Zero,
-    /// Contiguous bytes at `host_offset` in layer `layer`'s data file.
-    Data {
-        layer: u32,
-        host_offset: u64,
-    },
-    /// Bytes from `offset_in_cluster` on of a compressed cluster of layer `layer`.
-    Compressed {
-        layer: u32,
-        host_offset: u64,
-        compressed_len: u64,
-        offset_in_cluster: u64,
-    },
-}
-
-impl ExtentSource {
-    pub fn is_data(&self) -> bool {
-        !matches!(self, ExtentSource::Zero)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Extent {
-    pub guest_offset: u64,
-    pub len: u64,
-    pub source: ExtentSource,
-}
-
-impl Extent {
-    fn end(&self) -> u64 {
-        self.guest_offset + self.len
-    }
-
-    /// The part of this extent inside `[start, end)`, if any, with its source moved along.
-    fn clipped(&self, start: u64, end: u64) -> Option<Extent> {
-        let from = self.guest_offset.max(start);
-        let to = self.end().min(end);
-        if from >= to {
-            return None;
-        }
-        let skip = from - self.guest_offset;
-        let source = match self.source {
-            ExtentSource::Zero => ExtentSource::Zero,
-            ExtentSource::Data { layer, host_offset } => ExtentSource::Data {
-                layer,
-                host_offset: host_offset + skip,
-            },
-            ExtentSource::Compressed {
-                layer,
-                host_offset,
-                compressed_len,
-                offset_in_cluster,
-            } => ExtentSource::Compressed {
-                layer,
-                host_offset,
-                compressed_len,
-                offset_in_cluster: offset_in_cluster + skip,
-            },
-        };
-        Some(Extent {
-            guest_offset: from,
-            len: to - from,
-            source,
-        })
     }
 }
 

@@ -12,7 +12,8 @@ pub mod open;
 use std::fmt;
 use std::path::PathBuf;
 
-pub use chain::{Chain, Extent, ExtentSource};
+pub use crate::extent::{Extent, ExtentSource};
+pub use chain::Chain;
 pub use open::{open_chain, ChainSpec, LayerSpec};
 
 use crate::qcow2::{FormatError, ReadError};
