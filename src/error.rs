@@ -69,6 +69,22 @@ impl ErrorKind {
     }
 }
 
+impl ErrorKind {
+    /// The kind of a guest-filesystem error: bad bytes and unreadable disks are I/O errors
+    /// (EIO), features virtsnapfs does not read are EOPNOTSUPP, and asking a guest node for
+    /// what its kind does not have is ENOTDIR, EINVAL (readlink of a non-symlink) or EISDIR.
+    pub fn of_guest(e: &crate::guest::GuestError) -> ErrorKind {
+        use crate::guest::GuestError;
+        match e {
+            GuestError::Corrupt(_) | GuestError::Io(_) => ErrorKind::Io,
+            GuestError::Unsupported(_) => ErrorKind::Unsupported,
+            GuestError::NotADirectory => ErrorKind::NotADirectory,
+            GuestError::NotASymlink => ErrorKind::InvalidArgument,
+            GuestError::NotAFile => ErrorKind::IsADirectory,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsError {
     pub kind: ErrorKind,

@@ -161,27 +161,50 @@ impl KernelCache for NotifierKernelCache {
     }
 }
 
+fn file_type(kind: NodeKind) -> FileType {
+    match kind {
+        NodeKind::Directory => FileType::Directory,
+        NodeKind::File => FileType::RegularFile,
+        NodeKind::Symlink => FileType::Symlink,
+        NodeKind::CharDevice => FileType::CharDevice,
+        NodeKind::BlockDevice => FileType::BlockDevice,
+        NodeKind::Fifo => FileType::NamedPipe,
+        NodeKind::Socket => FileType::Socket,
+    }
+}
+
 fn file_attr(a: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
         blocks: a.allocated.div_ceil(512),
-        atime: a.mtime,
+        atime: a.atime,
         mtime: a.mtime,
-        ctime: a.mtime,
+        ctime: a.ctime,
         crtime: a.mtime,
-        kind: match a.kind {
-            NodeKind::Directory => FileType::Directory,
-            NodeKind::File => FileType::RegularFile,
-            NodeKind::Symlink => FileType::Symlink,
-        },
+        kind: file_type(a.kind),
         perm: a.perm,
-        nlink: if a.kind == NodeKind::Directory { 2 } else { 1 },
+        nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
-        blksize: 4096,
+        rdev: a.rdev,
+        blksize: a.blksize,
         flags: 0,
+    }
+}
+
+/// Answers an xattr request of `size` bytes with `data`: its size when asked for the size
+/// (0), ERANGE when it does not fit.
+fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+    let Ok(len) = u32::try_from(data.len()) else {
+        return reply.error(Errno::from_i32(libc::E2BIG));
+    };
+    if size == 0 {
+        reply.size(len);
+    } else if len > size {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(data);
     }
 }
 
@@ -417,15 +440,10 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(ino.0) {
+        match self.fs.readdir_from(ino.0, offset) {
             Ok(entries) => {
                 for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-                    let kind = match e.kind {
-                        NodeKind::Directory => FileType::Directory,
-                        NodeKind::File => FileType::RegularFile,
-                        NodeKind::Symlink => FileType::Symlink,
-                    };
-                    if reply.add(INodeNo(e.ino), (i + 1) as u64, kind, &e.name) {
+                    if reply.add(INodeNo(e.ino), (i + 1) as u64, file_type(e.kind), &e.name) {
                         break;
                     }
                 }
@@ -462,21 +480,22 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    /// No extended attributes. ENOSYS (not ENODATA) makes the kernel stop asking: `ls -l`
-    /// would otherwise send two xattr requests per file it lists.
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(Errno::from_i32(libc::ENOSYS));
+    /// Guest files have the guest's extended attributes; every other node has none
+    /// (ENODATA). ENOSYS would make the kernel stop asking for the whole mount, guest files
+    /// included, so every node answers.
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.fs.getxattr(ino.0, name) {
+            Ok(Some(value)) => reply_xattr(reply, size, &value),
+            Ok(None) => reply.error(Errno::from_i32(libc::ENODATA)),
+            Err(e) => reply.error(errno("getxattr", &e)),
+        }
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::from_i32(libc::ENOSYS));
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.listxattr(ino.0) {
+            Ok(names) => reply_xattr(reply, size, &names),
+            Err(e) => reply.error(errno("listxattr", &e)),
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

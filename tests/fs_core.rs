@@ -87,9 +87,9 @@ fn tree_branches_and_current_link() {
     assert_eq!(names(&fs, "core-tree/snapshots"), ["a"]);
     assert_eq!(
         names(&fs, "core-tree/snapshots/a"),
-        ["snapshot.xml", "vda.raw", "b", "c"]
+        ["snapshot.xml", "vda.raw", "files", "b", "c"]
     );
-    assert_eq!(names(&fs, "core-tree/live"), ["vda.raw"]);
+    assert_eq!(names(&fs, "core-tree/live"), ["vda.raw", "files"]);
     let current = walk(&fs, "core-tree/current").unwrap();
     assert_eq!(fs.readlink(current).unwrap(), "snapshots/a/c");
     assert_eq!(fs.getattr(current).unwrap().kind, NodeKind::Symlink);
@@ -116,7 +116,7 @@ fn snapshots_made_after_loading_appear_under_their_parents() {
     snapshot(&conn, "core-grow", "b");
     assert_eq!(
         names(&fs, "core-grow/snapshots/a"),
-        ["snapshot.xml", "vda.raw", "b"]
+        ["snapshot.xml", "vda.raw", "files", "b"]
     );
     existing_snapshot(&conn, "core-grow", "a")
         .revert(0)
@@ -124,7 +124,7 @@ fn snapshots_made_after_loading_appear_under_their_parents() {
     snapshot(&conn, "core-grow", "c");
     assert_eq!(
         names(&fs, "core-grow/snapshots/a"),
-        ["snapshot.xml", "vda.raw", "b", "c"]
+        ["snapshot.xml", "vda.raw", "files", "b", "c"]
     );
     assert_eq!(
         fs.readlink(walk(&fs, "core-grow/current").unwrap())

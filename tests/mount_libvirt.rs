@@ -105,7 +105,7 @@ fn offline_tree_with_branch_internal_and_external_snapshots() {
     let listing = sh("ls", &[d("snapshots/s1/s3").to_str().unwrap()]);
     assert_eq!(
         listing.split_whitespace().collect::<Vec<_>>(),
-        ["e1", "snapshot.xml", "vda.raw"]
+        ["e1", "files", "snapshot.xml", "vda.raw"]
     );
 
     // current points at the current snapshot.
@@ -420,7 +420,7 @@ fn broken_images_give_eio_and_a_log_line_while_the_rest_works() {
     let listing = sh("ls", &[d("live").to_str().unwrap()]);
     assert_eq!(
         listing.split_whitespace().collect::<Vec<_>>(),
-        ["vda.raw", "vdb.raw", "vdc.raw"]
+        ["files", "vda.raw", "vdb.raw", "vdc.raw"]
     );
     let err = sh_fails("cat", &[d("live/vdb.raw").to_str().unwrap()]);
     assert!(err.contains("Input/output error"), "{err}");

@@ -7,6 +7,11 @@ pub enum NodeKind {
     Directory,
     File,
     Symlink,
+    /// Guest device nodes, fifos and sockets (only under `files/`): shown, never opened.
+    CharDevice,
+    BlockDevice,
+    Fifo,
+    Socket,
 }
 
 /// A node's attributes, as `stat` shows them.
@@ -20,10 +25,41 @@ pub struct Attr {
     pub size: u64,
     /// Allocated bytes (st_blocks * 512).
     pub allocated: u64,
+    /// Permission bits, setuid, setgid and sticky included (`st_mode & 0o7777`).
     pub perm: u16,
+    pub nlink: u32,
+    pub atime: SystemTime,
     pub mtime: SystemTime,
+    pub ctime: SystemTime,
     pub uid: u32,
     pub gid: u32,
+    /// Device number of a device node, as the kernel encodes it (`new_encode_dev`).
+    pub rdev: u32,
+    /// Preferred I/O size (`st_blksize`).
+    pub blksize: u32,
+}
+
+impl Attr {
+    /// Attributes of a node virtsnapfs makes itself: one time for all three stamps, one link
+    /// (two for directories), no device number, 4 KiB I/O.
+    pub fn plain(ino: u64, kind: NodeKind, perm: u16, mtime: SystemTime) -> Attr {
+        Attr {
+            ino,
+            kind,
+            volatile: false,
+            size: 0,
+            allocated: 0,
+            perm,
+            nlink: if kind == NodeKind::Directory { 2 } else { 1 },
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

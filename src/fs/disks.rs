@@ -27,6 +27,13 @@ pub(super) enum Handle {
         live: Option<LiveHandle>,
     },
     Bytes(Arc<[u8]>),
+    /// A guest regular file under `files/`: its view and inode, and for `live/` the
+    /// domain's change counter and its value when the view was opened.
+    Guest {
+        view: Arc<files::View>,
+        ino: u64,
+        live: Option<(ChangeCounter, u64)>,
+    },
 }
 
 /// A domain's change counter. Odd while a snapshot operation on the domain runs; it moves on
@@ -74,6 +81,7 @@ impl Drop for ChangeEnds<'_> {
 pub(super) enum HandleRef {
     Disk(Arc<Chain>, String, Option<LiveHandle>),
     Bytes(Arc<[u8]>),
+    Guest(Arc<files::View>, u64, Option<(ChangeCounter, u64)>),
 }
 
 impl VirtSnapFs {
@@ -183,6 +191,7 @@ impl VirtSnapFs {
                     "the current symlink cannot be opened"
                 ))
             }
+            NodeKey::Guest(d, s, v, i) => self.guest_open((d, s, v, *i))?,
             other => return Err(fs_err!(IsADirectory, "{other:?} is a directory")),
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -240,7 +249,7 @@ impl VirtSnapFs {
     ) -> Result<T, FsError> {
         let (mut chain, label, live) = match self.handle(fh)? {
             HandleRef::Disk(chain, label, live) => (chain, label, live),
-            HandleRef::Bytes(_) => {
+            HandleRef::Bytes(_) | HandleRef::Guest(..) => {
                 return Err(fs_err!(InvalidArgument, "file handle {fh} is not a disk"))
             }
         };
@@ -285,6 +294,9 @@ impl VirtSnapFs {
                 Ok(HandleRef::Disk(chain.clone(), label.clone(), live.clone()))
             }
             Some(Handle::Bytes(b)) => Ok(HandleRef::Bytes(b.clone())),
+            Some(Handle::Guest { view, ino, live }) => {
+                Ok(HandleRef::Guest(view.clone(), *ino, live.clone()))
+            }
             None => Err(fs_err!(BadHandle, "file handle {fh} is not open")),
         }
     }
@@ -306,6 +318,7 @@ impl VirtSnapFs {
                 buf[..end - start].copy_from_slice(&b[start..end]);
                 Ok(end - start)
             }
+            HandleRef::Guest(view, ino, live) => Self::guest_read(&view, ino, &live, offset, buf),
             HandleRef::Disk(..) => self.with_disk(fh, |chain, label| {
                 chain
                     .read_at(buf, offset)
@@ -327,6 +340,9 @@ impl VirtSnapFs {
                     Whence::Data => offset,
                     Whence::Hole => len,
                 })
+            }
+            HandleRef::Guest(view, ino, live) => {
+                Self::guest_lseek(&view, ino, &live, offset, whence)
             }
             HandleRef::Disk(..) => self.with_disk(fh, |chain, label| {
                 if offset >= chain.size() {

@@ -26,6 +26,12 @@ pub enum NodeKey {
     SnapshotXml(String, String),
     /// (domain, snapshot, disk target)
     SnapshotDisk(String, String, String),
+    /// `files/` of a snapshot (domain, Some(snapshot)) or of `live/` (domain, None).
+    Files(String, Option<String>),
+    /// An inode of a guest filesystem: (domain, snapshot or None for `live/`, volume such as
+    /// `vda1`, the guest's inode number). Keyed on the guest's number, so every name of a
+    /// hard-linked file has one st_ino; the volume's root directory is its root inode.
+    Guest(String, Option<String>, String, u64),
 }
 
 impl NodeKey {
@@ -41,7 +47,9 @@ impl NodeKey {
             | NodeKey::Snapshots(d)
             | NodeKey::Snapshot(d, _)
             | NodeKey::SnapshotXml(d, _)
-            | NodeKey::SnapshotDisk(d, _, _) => Some(d),
+            | NodeKey::SnapshotDisk(d, _, _)
+            | NodeKey::Files(d, _)
+            | NodeKey::Guest(d, _, _, _) => Some(d),
         }
     }
 }
@@ -112,6 +120,12 @@ impl InodeTable {
                 NodeKey::SnapshotDisk(d, s, t) if d == domain && s == old => {
                     NodeKey::SnapshotDisk(d.clone(), new.to_string(), t.clone())
                 }
+                NodeKey::Files(d, Some(s)) if d == domain && s == old => {
+                    NodeKey::Files(d.clone(), Some(new.to_string()))
+                }
+                NodeKey::Guest(d, Some(s), v, i) if d == domain && s == old => {
+                    NodeKey::Guest(d.clone(), Some(new.to_string()), v.clone(), *i)
+                }
                 _ => continue,
             };
             by_key.remove(key);
@@ -155,7 +169,29 @@ mod tests {
         let dir = t.ino(&NodeKey::Snapshot("d".into(), "a".into()));
         let disk = t.ino(&NodeKey::SnapshotDisk("d".into(), "a".into(), "vda".into()));
         let other = t.ino(&NodeKey::Snapshot("e".into(), "a".into()));
+        let files = t.ino(&NodeKey::Files("d".into(), Some("a".into())));
+        let guest = t.ino(&NodeKey::Guest(
+            "d".into(),
+            Some("a".into()),
+            "vda1".into(),
+            12,
+        ));
+        let live = t.ino(&NodeKey::Guest("d".into(), None, "vda1".into(), 12));
         t.rename_snapshot("d", "a", "b");
+        assert_eq!(t.ino(&NodeKey::Files("d".into(), Some("b".into()))), files);
+        assert_eq!(
+            t.ino(&NodeKey::Guest(
+                "d".into(),
+                Some("b".into()),
+                "vda1".into(),
+                12
+            )),
+            guest
+        );
+        assert_eq!(
+            t.ino(&NodeKey::Guest("d".into(), None, "vda1".into(), 12)),
+            live
+        );
         assert_eq!(t.ino(&NodeKey::Snapshot("d".into(), "b".into())), dir);
         assert_eq!(
             t.ino(&NodeKey::SnapshotDisk("d".into(), "b".into(), "vda".into())),

@@ -125,6 +125,8 @@ impl VirtSnapFs {
         for disk in &model.disks {
             add(NodeKey::Live(d.clone()), disk_file_name(&disk.target));
         }
+        // Forgetting `files/` forgets every guest entry the kernel holds below it.
+        add(NodeKey::Live(d.clone()), FILES_DIR.into());
         for s in &model.snapshots {
             let parent = match &s.parent {
                 Some(p) => NodeKey::Snapshot(d.clone(), p.clone()),
@@ -134,6 +136,10 @@ impl VirtSnapFs {
             add(
                 NodeKey::Snapshot(d.clone(), s.name.clone()),
                 SNAPSHOT_XML.into(),
+            );
+            add(
+                NodeKey::Snapshot(d.clone(), s.name.clone()),
+                FILES_DIR.into(),
             );
             for disk in &s.disks {
                 add(

@@ -9,6 +9,8 @@
 //! /DOMAIN/current                symlink to the current snapshot's directory
 //! /DOMAIN/snapshots/NAME/        root snapshots; each snapshot's children nest inside it
 //! /DOMAIN/snapshots/NAME/snapshot.xml, TARGET.raw
+//! /DOMAIN/snapshots/NAME/files/VOLUME/   the guest's files on each filesystem of its disks
+//! /DOMAIN/live/files/VOLUME/             the same for the disks as they are now
 //! ```
 //! See doc/SEMANTICS.md for every path and operation.
 //!
@@ -16,6 +18,7 @@
 //! - [`attr`]: what `stat` and `readdir` show of a node.
 //! - [`tree`]: which nodes each directory holds; lookups, attributes, listings.
 //! - [`disks`]: open files, disks read through their image chains.
+//! - [`files`]: `files/`, the guest's own files through [`crate::guest`].
 //! - [`verbs`]: mkdir, rename and rmdir, which drive [`crate::ops`].
 //! - [`kernel`]: what the kernel may cache and what it must forget; the refresher.
 //! - [`catalog`]: domain models from libvirt, refreshed; [`inode`]: stable inode numbers;
@@ -24,6 +27,7 @@
 pub mod attr;
 pub mod catalog;
 pub mod disks;
+pub mod files;
 pub mod inode;
 pub mod kernel;
 pub mod names;
@@ -44,7 +48,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use log::warn;
+use log::{info, warn};
 use lru::LruCache;
 use parking_lot::Mutex;
 
@@ -66,6 +70,7 @@ pub const CURRENT_LINK: &str = "current";
 pub const SNAPSHOTS_DIR: &str = "snapshots";
 pub const SNAPSHOT_XML: &str = "snapshot.xml";
 pub const DISK_SUFFIX: &str = ".raw";
+pub const FILES_DIR: &str = "files";
 
 /// Opened chains of snapshot disks kept ready (each holds a file descriptor per layer).
 const OPEN_CHAINS: usize = 64;
@@ -118,6 +123,8 @@ pub struct VirtSnapFs {
     /// Each domain's change counter, for the live-disk handles that follow it.
     changes: Mutex<HashMap<String, ChangeCounter>>,
     cache: Arc<MetadataCache>,
+    /// Opened guest filesystems for `files/`.
+    guest: files::GuestViews,
     options: Options,
     mounted_at: SystemTime,
     refresher_running: std::sync::atomic::AtomicBool,
@@ -153,6 +160,7 @@ impl VirtSnapFs {
                 NonZeroUsize::new(DISK_ATTRS).expect("nonzero"),
             )),
             cache,
+            guest: files::GuestViews::new(),
             options,
             mounted_at: SystemTime::now(),
             refresher_running: std::sync::atomic::AtomicBool::new(false),
@@ -188,6 +196,14 @@ impl VirtSnapFs {
             NodeKey::Snapshot(d, s) => format!("domain {d} snapshot {s}"),
             NodeKey::SnapshotXml(d, s) => format!("domain {d} snapshot {s} {SNAPSHOT_XML}"),
             NodeKey::SnapshotDisk(d, s, t) => format!("domain {d} snapshot {s} disk {t}"),
+            NodeKey::Files(d, None) => format!("domain {d} {LIVE_DIR}/{FILES_DIR}/"),
+            NodeKey::Files(d, Some(s)) => format!("domain {d} snapshot {s} {FILES_DIR}/"),
+            NodeKey::Guest(d, None, v, i) => {
+                format!("domain {d} {LIVE_DIR} volume {v} guest inode {i}")
+            }
+            NodeKey::Guest(d, Some(s), v, i) => {
+                format!("domain {d} snapshot {s} volume {v} guest inode {i}")
+            }
         }
     }
 

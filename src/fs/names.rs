@@ -5,14 +5,14 @@
 //! uppercase hex):
 //! - always: `%` itself, `/`, and control characters (below 0x20, and 0x7f);
 //! - the first character, when the name is `.` or `..`, or (snapshot names only) when it is
-//!   `snapshot.xml` or ends in `.raw`, the fixed entries of a snapshot directory.
+//!   `snapshot.xml` or `files` or ends in `.raw`, the fixed entries of a snapshot directory.
 //!
 //! Decoding is plain percent-decoding, so every shown name maps back to exactly one libvirt
 //! name, and nothing is hidden.
 
 /// Whether a snapshot name collides with a fixed entry of a snapshot directory.
 fn is_reserved_in_snapshot_dir(name: &str) -> bool {
-    name == "snapshot.xml" || name.ends_with(".raw")
+    name == "snapshot.xml" || name == "files" || name.ends_with(".raw")
 }
 
 fn encode(name: &str, force_first: bool) -> String {

@@ -2,6 +2,8 @@
 
 use super::*;
 
+use std::os::unix::ffi::OsStrExt;
+
 impl VirtSnapFs {
     pub(super) fn snapshot_exists(
         &self,
@@ -50,29 +52,19 @@ impl VirtSnapFs {
 
     pub(super) fn dir_attr(&self, ino: u64, mtime: SystemTime) -> Attr {
         Attr {
-            ino,
-            kind: NodeKind::Directory,
-            volatile: false,
-            size: 0,
-            allocated: 0,
-            perm: 0o755,
-            mtime,
             uid: self.options.uid,
             gid: self.options.gid,
+            ..Attr::plain(ino, NodeKind::Directory, 0o755, mtime)
         }
     }
 
     pub(super) fn bytes_attr(&self, ino: u64, len: usize, mtime: SystemTime) -> Attr {
         Attr {
-            ino,
-            kind: NodeKind::File,
-            volatile: false,
             size: len as u64,
             allocated: len as u64,
-            perm: 0o444,
-            mtime,
             uid: self.options.uid,
             gid: self.options.gid,
+            ..Attr::plain(ino, NodeKind::File, 0o444, mtime)
         }
     }
 
@@ -155,15 +147,11 @@ impl VirtSnapFs {
         mtime: SystemTime,
     ) -> Attr {
         Attr {
-            ino,
-            kind: NodeKind::File,
-            volatile: false,
             size,
             allocated,
-            perm: self.options.disk_mode,
-            mtime,
             uid: self.options.uid,
             gid: self.options.gid,
+            ..Attr::plain(ino, NodeKind::File, self.options.disk_mode, mtime)
         }
     }
 
@@ -235,6 +223,8 @@ impl VirtSnapFs {
                 let sizes = self.snapshot_disk_sizes(&m, s, t)?;
                 Ok(self.disk_attr(ino, sizes, unix_time(created)))
             }
+            NodeKey::Files(d, s) => self.files_attr(ino, d, s.as_deref()),
+            NodeKey::Guest(d, s, v, i) => self.guest_getattr(ino, (d, s, v, *i)),
         }
     }
 
@@ -286,6 +276,7 @@ impl VirtSnapFs {
                         disk_file_name(&disk.target),
                     ));
                 }
+                out.push((NodeKey::Files(d.clone(), None), FILES_DIR.into()));
             }
             NodeKey::Snapshots(d) => {
                 let m = self.domain(d)?;
@@ -311,6 +302,7 @@ impl VirtSnapFs {
                         disk_file_name(&disk.target),
                     ));
                 }
+                out.push((NodeKey::Files(d.clone(), Some(s.clone())), FILES_DIR.into()));
                 for child in m.children(Some(s)) {
                     out.push((
                         NodeKey::Snapshot(d.clone(), child.name.clone()),
@@ -318,6 +310,7 @@ impl VirtSnapFs {
                     ));
                 }
             }
+            NodeKey::Files(d, s) => return self.files_children(d, s.as_deref()),
             other => {
                 return Err(fs_err!(NotADirectory, "{other:?} is not a directory"));
             }
@@ -334,9 +327,11 @@ impl VirtSnapFs {
             | NodeKey::Current(d)
             | NodeKey::Snapshots(d) => NodeKey::Domain(d.clone()),
             NodeKey::LiveDisk(d, _) => NodeKey::Live(d.clone()),
-            NodeKey::SnapshotXml(d, s) | NodeKey::SnapshotDisk(d, s, _) => {
-                NodeKey::Snapshot(d.clone(), s.clone())
-            }
+            NodeKey::SnapshotXml(d, s)
+            | NodeKey::SnapshotDisk(d, s, _)
+            | NodeKey::Files(d, Some(s)) => NodeKey::Snapshot(d.clone(), s.clone()),
+            NodeKey::Files(d, None) => NodeKey::Live(d.clone()),
+            NodeKey::Guest(..) => self.guest_parent(key),
             NodeKey::Snapshot(d, s) => {
                 let parent = self
                     .catalog
@@ -362,6 +357,9 @@ impl VirtSnapFs {
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
         self.kernel_cache.read().clone().settle(SETTLE_LIMIT);
         let parent_key = self.key(parent)?;
+        if let NodeKey::Guest(d, s, v, i) = &parent_key {
+            return self.guest_lookup((d, s, v, *i), name.as_bytes());
+        }
         let name = name
             .to_str()
             .ok_or_else(|| fs_err!(NotFound, "{name:?}: not UTF-8"))?;
@@ -380,7 +378,16 @@ impl VirtSnapFs {
     }
 
     pub fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
+        Ok(Arc::unwrap_or_clone(self.readdir_from(ino, 0)?))
+    }
+
+    /// A directory's entries for a listing request at `offset` (the entries before it are
+    /// skipped by the caller): a guest directory read in several requests is read once.
+    pub fn readdir_from(&self, ino: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
         let key = self.key(ino)?;
+        if let NodeKey::Guest(..) = key {
+            return self.guest_readdir(ino, &key, offset);
+        }
         let children = self.children(&key)?;
         let mut out = vec![
             DirEntry {
@@ -410,12 +417,13 @@ impl VirtSnapFs {
                 name: name.into(),
             });
         }
-        Ok(out)
+        Ok(Arc::new(out))
     }
 
     pub fn readlink(&self, ino: u64) -> Result<OsString, FsError> {
         match self.key(ino)? {
             NodeKey::Current(d) => Ok(self.current_target(&*self.domain(&d)?)?.into()),
+            NodeKey::Guest(d, s, v, i) => self.guest_readlink((&d, &s, &v, i)),
             other => Err(fs_err!(InvalidArgument, "{other:?} is not a symlink")),
         }
     }

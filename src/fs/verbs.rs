@@ -179,9 +179,27 @@ impl VirtSnapFs {
         }
     }
 
+    /// Whether removing `name` from directory `parent` is one step of `rm -r` of a snapshot
+    /// that succeeds and changes nothing: a snapshot's `files/` and everything in it (the
+    /// guest's files go when the snapshot does). In `live/files/` removing is refused.
+    fn kept_in_snapshot(parent: &NodeKey, name: &OsStr) -> bool {
+        match parent {
+            NodeKey::Snapshot(..) => name == FILES_DIR,
+            NodeKey::Files(_, Some(_)) | NodeKey::Guest(_, Some(_), _, _) => true,
+            _ => false,
+        }
+    }
+
     /// rmdir of a snapshot directory deletes the snapshot; its children move up.
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
         let key = self.key(parent)?;
+        if Self::kept_in_snapshot(&key, name) {
+            log::debug!(
+                "rmdir {name:?} in {}: kept (removed with the snapshot)",
+                self.describe(&key)
+            );
+            return Ok(());
+        }
         let Some((domain, parent_name)) = Self::snapshot_dir(&key) else {
             return Err(fs_err!(
                 NotPermitted,
@@ -213,6 +231,15 @@ impl VirtSnapFs {
     /// directory succeeds and changes nothing, so that `rm -r` reaches the rmdir that deletes
     /// the snapshot (children first). The files go when the snapshot does.
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
+        if let Ok(key) = self.key(parent) {
+            if Self::kept_in_snapshot(&key, name) {
+                log::debug!(
+                    "unlink {name:?} in {}: kept (removed with the snapshot)",
+                    self.describe(&key)
+                );
+                return Ok(());
+            }
+        }
         if let Ok(NodeKey::Snapshot(d, s)) = self.key(parent) {
             let is_fixed = self
                 .children(&NodeKey::Snapshot(d.clone(), s.clone()))?

@@ -633,3 +633,165 @@ impl GuestScratch {
         self.dir.path().join(name)
     }
 }
+
+/// Makes `name` in `s`: an ext4 image of `size` filled from `s.tree()` that was mounted
+/// read-write, written, and copied while still mounted: its journal needs recovery (the last
+/// writes, a rename and deletions, committed by the journal's timer but not synced).
+pub fn dirty_image(s: &GuestScratch, name: &str, size: &str) -> PathBuf {
+    let img = s.path(&format!("{name}.clean-start.raw"));
+    mkfs("mkfs.ext4", &[], &s.tree(), &img, size);
+    let m = s.path(&format!("{name}.mnt"));
+    fs::create_dir_all(&m).unwrap();
+    sh("mount", &["-o", "loop,commit=1", p(&img), p(&m)]);
+    fs::create_dir(m.join("doomed")).unwrap();
+    for i in 0..100 {
+        fs::write(m.join("doomed").join(format!("f{i}")), vec![b'd'; 5000]).unwrap();
+    }
+    fs::write(m.join("early"), b"written before the sync\n").unwrap();
+    sh("sync", &["-f", p(&m)]);
+    fs::remove_dir_all(m.join("doomed")).unwrap();
+    fs::write(m.join("late"), b"written after the last sync\n").unwrap();
+    fs::create_dir_all(m.join("new/dir")).unwrap();
+    fs::write(m.join("new/dir/file"), pattern(70_000, 9)).unwrap();
+    fs::rename(m.join("hello"), m.join("hello-renamed")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let dirty = s.path(name);
+    sh("cp", &["--sparse=always", p(&img), p(&dirty)]);
+    sh("umount", &[p(&m)]);
+    let dump = sh("dumpe2fs", &["-h", p(&dirty)]);
+    assert!(dump.contains("needs_recovery"), "not dirty: {dump}");
+    dirty
+}
+
+/// A copy of `dirty` after the kernel's own recovery (mounted read-write once).
+pub fn kernel_recovered_copy(dirty: &Path, copy: &Path) {
+    sh("cp", &["--sparse=always", p(dirty), p(copy)]);
+    let m = tempfile::tempdir().unwrap();
+    sh("mount", &["-o", "loop", p(copy), p(m.path())]);
+    sh("umount", &[p(m.path())]);
+}
+
+fn sh_in(dir: &Path, script: &str) -> Vec<u8> {
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script} in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// What real tools see of the tree under `dir` (its root directory itself left out), for
+/// comparing two views: `find -printf` of type, mode, owner, size, links, times with
+/// nanoseconds, st_blocks, symlink target and path; `stat` of each device's numbers;
+/// `sha256sum` of every file; `getfattr` of every node; and the hard-link classes (paths
+/// grouped by `st_ino`, from `stat -c '%i %h'`). Returns (text, number of paths).
+pub fn tool_manifest(dir: &Path) -> (String, usize) {
+    let listing = sh_in(
+        dir,
+        r"find . -mindepth 1 -printf '%y %m %U %G %s %n %T@ %A@ %C@ %b %l %P\0' | sort -z",
+    );
+    let devices = sh_in(
+        dir,
+        r"find . -mindepth 1 \( -type b -o -type c \) -print0 | sort -z | xargs -0 -r stat -c '%t:%T %n'",
+    );
+    let sums = sh_in(
+        dir,
+        "find . -mindepth 1 -type f -print0 | sort -z | xargs -0 -r sha256sum",
+    );
+    let xattrs = sh_in(
+        dir,
+        "find . -mindepth 1 -print0 | sort -z | xargs -0 -r getfattr -h -d -m - -e hex --absolute-names",
+    );
+    let inodes = sh_in(
+        dir,
+        r"find . -mindepth 1 -print0 | sort -z | xargs -0 -r stat --printf '%i %h %n\0'",
+    );
+    // Hard-link classes: paths grouped by inode number, the numbers themselves dropped.
+    let mut classes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for rec in inodes
+        .split(|&b| b == 0)
+        .filter(|r| !r.iter().all(|b| b.is_ascii_whitespace()))
+    {
+        let rec = String::from_utf8_lossy(rec)
+            .trim_start_matches('\n')
+            .to_string();
+        let mut it = rec.splitn(3, ' ');
+        let (ino, nlink, path) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        classes
+            .entry(ino.to_string())
+            .or_default()
+            .push(format!("{nlink} {path}"));
+    }
+    let mut links: Vec<String> = classes
+        .into_values()
+        .filter(|v| v.len() > 1)
+        .map(|v| v.join(" = "))
+        .collect();
+    links.sort();
+    let paths = listing.split(|&b| b == 0).filter(|r| !r.is_empty()).count();
+    let text = format!(
+        "== find\n{}\n== devices\n{}\n== sha256\n{}\n== xattrs\n{}\n== hard links\n{}\n",
+        String::from_utf8_lossy(&listing).replace('\0', "\n"),
+        String::from_utf8_lossy(&devices),
+        String::from_utf8_lossy(&sums),
+        String::from_utf8_lossy(&xattrs),
+        links.join("\n")
+    );
+    (text, paths)
+}
+
+/// Asserts two tool manifests are equal, showing the first differing lines.
+pub fn assert_tool_manifests_eq(ours: &str, kernel: &str, what: &str) {
+    if ours == kernel {
+        return;
+    }
+    let keep = std::env::temp_dir().join(format!("vsfs-manifest-{}", std::process::id()));
+    let _ = fs::write(keep.with_extension("ours"), ours);
+    let _ = fs::write(keep.with_extension("kernel"), kernel);
+    let (o, k): (Vec<&str>, Vec<&str>) = (ours.lines().collect(), kernel.lines().collect());
+    let mut diffs = Vec::new();
+    for line in &k {
+        if !o.contains(line) {
+            diffs.push(format!("kernel only: {line}"));
+        }
+    }
+    for line in &o {
+        if !k.contains(line) {
+            diffs.push(format!("ours only:   {line}"));
+        }
+    }
+    panic!(
+        "{what}: the views differ ({} lines; both kept in {}.*):\n{}",
+        diffs.len(),
+        keep.display(),
+        diffs
+            .iter()
+            .take(30)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// The bytes `tar` writes of the tree under `dir` (root directory left out), names sorted,
+/// numeric owners, xattrs and ACLs, sparse files detected. tar names a sparse file's header
+/// after its own process id: it runs as process 1 of a new pid namespace, so that two runs
+/// write the same bytes.
+pub fn tar_of(dir: &Path) -> Vec<u8> {
+    let list = tempfile::NamedTempFile::new().unwrap();
+    let names = sh_in(dir, "find . -mindepth 1 -maxdepth 1 -print0 | sort -z");
+    fs::write(list.path(), names).unwrap();
+    sh_in(
+        dir,
+        &format!(
+            "unshare --pid --fork tar --null -T {} --sort=name --numeric-owner --xattrs --xattrs-include='*' --acls --sparse --pax-option=exthdr.name=%d/PaxHeaders/%f -cf -",
+            p(list.path())
+        ),
+    )
+}

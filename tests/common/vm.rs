@@ -408,7 +408,9 @@ pub fn mounted_tree(mount: &Mount, dom: &TestDomain) -> BTreeSet<String> {
     // Right after an operation the kernel may still hold a moved entry for one refresh
     // interval: a failing walk counts as "not equal yet" for the callers that retry.
     let out = Command::new("find")
-        .args([base.to_str().unwrap(), "-mindepth", "1", "-type", "d"])
+        .args([base.to_str().unwrap(), "-mindepth", "1"])
+        // files/ holds the guest's files, not snapshots.
+        .args(["-name", "files", "-prune", "-o", "-type", "d", "-print"])
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&out.stdout).into_owned();
