@@ -299,3 +299,135 @@ fn files_of_snapshots_and_live_match_the_kernels_view() {
     let (got, _) = tool_manifest(&d("live/files/vda"));
     assert_tool_manifests_eq(&got, &want, "live vda after the revert to s1");
 }
+
+/// A domain whose vda holds `raw` (a whole-disk filesystem), with internal snapshot `s1`.
+fn single_disk_domain(label: &str, raw: &Path) -> TestDomain {
+    let dom = TestDomain::new(label, "64M");
+    let a = dom.path("vda.qcow2");
+    to_qcow2(raw, &a);
+    dom.define(&[("vda", "qcow2", &a)]);
+    dom.snapshot("s1", &[]);
+    dom
+}
+
+fn small_tree(root: &Path) {
+    fs::create_dir_all(root.join("dir/sub")).unwrap();
+    fs::write(root.join("hello"), b"hello, world\n").unwrap();
+    fs::write(root.join("dir/sub/leaf"), b"leaf\n").unwrap();
+    fs::write(root.join("no-perms"), b"secret\n").unwrap();
+    sh("chmod", &["0", s(&root.join("no-perms"))]);
+}
+
+#[test]
+fn hostile_directory_loops_give_eio_and_a_log_line_while_the_rest_works() {
+    let scratch = tempfile::tempdir().unwrap();
+    let tree = scratch.path().join("tree");
+    small_tree(&tree);
+    let raw = scratch.path().join("loop.raw");
+    mkfs("mkfs.ext4", &[], &tree, &raw, "16M");
+    // dir/loop is the root (an ancestor); dir/self is dir itself.
+    sh("debugfs", &["-w", "-R", "link / /dir/loop", s(&raw)]);
+    sh("debugfs", &["-w", "-R", "link /dir /dir/self", s(&raw)]);
+    let dom = single_disk_domain("hostile", &raw);
+    let mount = Mount::new(&[]);
+    let d = |rel: &str| mount.path(&format!("{}/{rel}", dom.name));
+    let vol = d("snapshots/s1/files/vda");
+
+    assert_eq!(ls(&vol.join("dir")), ["loop", "self", "sub"]);
+    for name in ["loop", "self"] {
+        let err = fs::metadata(vol.join("dir").join(name)).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "dir/{name}: {err}");
+    }
+    // find ends (with an error for the two entries) instead of descending forever.
+    let out = Command::new("timeout")
+        .args(["20", "find", s(&vol)])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let found = String::from_utf8_lossy(&out.stdout);
+    assert!(found.contains("dir/sub/leaf"), "{found}");
+    let log = mount.log_text();
+    let line = format!(
+        "domain {} snapshot s1 disk vda volume vda (ext4): directory inode 2 reached from directory inode",
+        dom.name
+    );
+    assert!(log.contains(&line), "{log}");
+    assert!(log.contains("the tree would loop"), "{log}");
+    // The rest keeps working.
+    assert_eq!(fs::read(vol.join("hello")).unwrap(), b"hello, world\n");
+    assert_eq!(fs::read(vol.join("dir/sub/leaf")).unwrap(), b"leaf\n");
+    assert_eq!(
+        fs::metadata(d("live/vda.raw")).unwrap().len(),
+        fs::metadata(&raw).unwrap().len()
+    );
+    assert_eq!(ls(&d("live/files")), ["vda"]);
+}
+
+/// Runs `cmd` as user `user`; returns whether it succeeded and its stderr.
+fn as_user(user: &str, cmd: &[&str]) -> (bool, String) {
+    let mut args = vec!["-u", user, "--"];
+    args.extend_from_slice(cmd);
+    let out = Command::new("runuser").args(&args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_host_user_reads_guest_files_only_if_they_may_read_the_disk() {
+    const USER: &str = "vsfs-guest-reader";
+    let _ = Command::new("useradd")
+        .args(["-M", "-s", "/usr/sbin/nologin", USER])
+        .output();
+    let scratch = tempfile::tempdir().unwrap();
+    let tree = scratch.path().join("tree");
+    small_tree(&tree);
+    let raw = scratch.path().join("access.raw");
+    mkfs("mkfs.ext4", &[], &tree, &raw, "16M");
+    let dom = single_disk_domain("access", &raw);
+    use std::os::unix::fs::PermissionsExt;
+
+    // disk_mode=0400: only root reads disks, so only root enters files/.
+    let mount = Mount::new(&["allow_other", "disk_mode=0400"]);
+    fs::set_permissions(mount.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let d = |m: &Mount, rel: &str| m.path(&format!("{}/{rel}", dom.name));
+    let (ok, err) = as_user(USER, &["cat", s(&d(&mount, "snapshots/s1/vda.raw"))]);
+    assert!(!ok && err.contains("Permission denied"), "{err}");
+    for path in ["snapshots/s1/files/vda/hello", "live/files/vda/hello"] {
+        let (ok, err) = as_user(USER, &["cat", s(&d(&mount, path))]);
+        assert!(!ok && err.contains("Permission denied"), "{path}: {err}");
+    }
+    let (ok, err) = as_user(USER, &["ls", s(&d(&mount, "snapshots/s1/files"))]);
+    assert!(!ok && err.contains("Permission denied"), "{err}");
+    assert_eq!(
+        fs::read(d(&mount, "snapshots/s1/files/vda/hello")).unwrap(),
+        b"hello, world\n"
+    );
+    drop(mount);
+
+    // disk_mode=0444: everyone reads disks, so everyone enters files/; the guest's own modes
+    // still apply (a mode-0 file stays unreadable).
+    let mount = Mount::new(&["allow_other", "disk_mode=0444"]);
+    fs::set_permissions(mount.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        fs::metadata(d(&mount, "snapshots/s1/files"))
+            .unwrap()
+            .mode()
+            & 0o7777,
+        0o555
+    );
+    let out = Command::new("runuser")
+        .args(["-u", USER, "--", "cat"])
+        .arg(d(&mount, "snapshots/s1/files/vda/hello"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, b"hello, world\n");
+    let (ok, err) = as_user(
+        USER,
+        &["cat", s(&d(&mount, "snapshots/s1/files/vda/no-perms"))],
+    );
+    assert!(!ok && err.contains("Permission denied"), "{err}");
+}
