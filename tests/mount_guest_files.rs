@@ -185,6 +185,16 @@ fn files_of_snapshots_and_live_match_the_kernels_view() {
         "{log}"
     );
 
+    // Devices are shown, never opened (the mount is nodev); a fifo is the kernel's own.
+    let dev = d("snapshots/s1/files/vda/char-dev");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(fs::symlink_metadata(&dev)
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    let err = fs::File::open(&dev).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+
     let mut total = 0;
     let whole_len = fs::metadata(&disks.whole).unwrap().len();
     total += compare(
@@ -361,6 +371,13 @@ fn hostile_directory_loops_give_eio_and_a_log_line_while_the_rest_works() {
         fs::metadata(&raw).unwrap().len()
     );
     assert_eq!(ls(&d("live/files")), ["vda"]);
+    // Files are read-only; rm in live/files is refused.
+    let hello = d("live/files/vda/hello");
+    let err = fs::OpenOptions::new().write(true).open(&hello).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    let err = fs::remove_file(&hello).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    assert!(hello.exists());
 }
 
 /// Runs `cmd` as user `user`; returns whether it succeeded and its stderr.

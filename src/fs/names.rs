@@ -103,6 +103,7 @@ mod tests {
             ".",
             "..",
             "snapshot.xml",
+            "files",
             "x.raw",
             "éa.raw",
             "%41",
@@ -111,6 +112,8 @@ mod tests {
             assert_eq!(decode(&snapshot_file_name(name)).as_deref(), Some(name));
             assert_eq!(decode(&domain_file_name(name)).as_deref(), Some(name));
         }
+        assert_eq!(snapshot_file_name("files"), "%66iles");
+        assert_eq!(snapshot_file_name("files2"), "files2");
         assert_eq!(decode("bad%"), None);
         assert_eq!(decode("bad%zz"), None);
         assert_eq!(decode("%FF"), None);
