@@ -1,10 +1,11 @@
-//! One process-wide LRU for everything the resolver derives from image metadata.
+//! One process-wide LRU for everything derived from image and guest-filesystem metadata.
 //!
-//! Memory must not grow with the size of an image, the number of images or the number of reads,
-//! so table slices, resolved chain maps and decompressed clusters all share one byte budget.
-//! Entries are immutable (`Arc`) and keyed by the id of the image or chain that produced them;
-//! an image that is re-opened (the live disk of a running domain) gets a new id, so stale entries
-//! are never served and simply age out.
+//! Memory must not grow with the size of an image, the number of images, the number of guest
+//! filesystems opened or the number of reads, so table slices, resolved chain maps, decompressed
+//! clusters and guest filesystems' metadata blocks all share one byte budget. Entries are
+//! immutable (`Arc`) and keyed by the id ([`next_id`]) of the image, chain or filesystem that
+//! produced them; one that is re-opened (the live disk of a running domain) gets a new id, so
+//! stale entries are never served and simply age out.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ const ENTRY_OVERHEAD: usize = 96;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// A process-unique id for an opened image or chain: the cache key namespace.
+/// A process-unique id for an opened image, chain or guest filesystem: the cache key namespace.
 pub fn next_id() -> u64 {
     NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
@@ -36,6 +37,8 @@ pub enum CacheKey {
     Cluster { image: u64, offset: u64 },
     /// The resolved map of one chunk of a chain's guest address space.
     ChainChunk { chain: u64, index: u64 },
+    /// A metadata block of an opened guest filesystem: (filesystem id, block number).
+    GuestBlock { fs: u64, block: u64 },
 }
 
 #[derive(Clone)]
@@ -43,13 +46,14 @@ pub enum CacheValue {
     TableSlice(Arc<[u64]>),
     Cluster(Arc<[u8]>),
     ChainChunk(Arc<[Extent]>),
+    GuestBlock(Arc<[u8]>),
 }
 
 impl CacheValue {
     fn cost(&self) -> usize {
         let payload = match self {
             CacheValue::TableSlice(s) => std::mem::size_of_val::<[u64]>(s),
-            CacheValue::Cluster(c) => c.len(),
+            CacheValue::Cluster(c) | CacheValue::GuestBlock(c) => c.len(),
             CacheValue::ChainChunk(c) => std::mem::size_of_val::<[Extent]>(c),
         };
         payload.saturating_add(ENTRY_OVERHEAD)

@@ -16,6 +16,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use common::guest::*;
+use virtsnapfs::cache::{MetadataCache, DEFAULT_CACHE_BYTES};
 use virtsnapfs::guest::ext4::Ext4;
 use virtsnapfs::guest::{self, CorruptKind, GuestError, GuestFs};
 use virtsnapfs::source::{ByteSource, FileSource};
@@ -225,6 +226,37 @@ fn htree_directories_are_read_in_full() {
 }
 
 #[test]
+fn filesystems_share_one_bounded_metadata_cache() {
+    // Twenty filesystems opened at once over one small cache: each reads the same tree as
+    // one opened alone, their blocks together never exceed the budget, and a cache too small
+    // to hold a single block still reads correctly (every block from the device).
+    let s = GuestScratch::new(TreeOptions {
+        big_sparse: false,
+        big_dir_entries: 300,
+    });
+    let img = s.path("c.raw");
+    mkfs("mkfs.ext4", &["-b", "1024"], &s.tree(), &img, "16M");
+    let open = |cache: &Arc<MetadataCache>| {
+        let src: Arc<dyn ByteSource> = Arc::new(FileSource::open(&img).unwrap());
+        guest::open_filesystem(src, cache.clone()).unwrap().unwrap()
+    };
+    let want = parser_manifest(open(&cache()).as_ref());
+    let budget = 64 << 10;
+    let shared = Arc::new(MetadataCache::new(budget));
+    let mut opened = Vec::new();
+    for _ in 0..20 {
+        let fs = open(&shared);
+        assert_eq!(parser_manifest(fs.as_ref()), want);
+        assert!(shared.used_bytes() <= budget, "{}", shared.used_bytes());
+        opened.push(fs);
+    }
+    assert!(shared.used_bytes() > budget / 2, "blocks are cached");
+    let tiny = Arc::new(MetadataCache::new(512));
+    assert_eq!(parser_manifest(open(&tiny).as_ref()), want);
+    assert_eq!(tiny.used_bytes(), 0);
+}
+
+#[test]
 fn seek_data_and_hole_match_the_kernel() {
     let s = GuestScratch::new(TreeOptions {
         big_sparse: true,
@@ -370,13 +402,13 @@ impl Dirty {
     fn open(&self) -> Ext4 {
         let src: Arc<dyn ByteSource> =
             Arc::new(FileSource::open(&self.s.path("dirty.raw")).unwrap());
-        Ext4::open(src).unwrap().unwrap()
+        Ext4::open(src, cache()).unwrap().unwrap()
     }
 
     fn open_unreplayed(&self) -> Ext4 {
         let src: Arc<dyn ByteSource> =
             Arc::new(FileSource::open(&self.s.path("dirty.raw")).unwrap());
-        Ext4::open_without_replay(src).unwrap()
+        Ext4::open_without_replay(src, cache()).unwrap()
     }
 
     /// Compares with the kernel and checks the replay mattered; returns the stats.
@@ -461,9 +493,14 @@ fn debugfs_w(img: &Path, cmd: &str) {
     assert!(out.status.success(), "debugfs {cmd}: {out:?}");
 }
 
+/// A cache of the daemon's default size, for one test's filesystems.
+fn cache() -> Arc<MetadataCache> {
+    Arc::new(MetadataCache::new(DEFAULT_CACHE_BYTES))
+}
+
 fn open_img(img: &Path) -> Result<Box<dyn GuestFs>, GuestError> {
     let src: Arc<dyn ByteSource> = Arc::new(FileSource::open(img).unwrap());
-    guest::open_filesystem(src).map(|f| f.expect("an ext4 filesystem"))
+    guest::open_filesystem(src, cache()).map(|f| f.expect("an ext4 filesystem"))
 }
 
 fn corrupt(e: GuestError) -> CorruptKind {
@@ -682,7 +719,7 @@ fn hostile_truncated_image() {
     // the filesystem does not fit.
     let src: Arc<dyn ByteSource> = Arc::new(FileSource::open(&img).unwrap());
     let w: Arc<dyn ByteSource> = Arc::new(guest::PartitionWindow::new(src, 0, 4 << 20));
-    assert!(guest::open_filesystem(w).is_err());
+    assert!(guest::open_filesystem(w, cache()).is_err());
 }
 
 #[test]

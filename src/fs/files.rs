@@ -413,7 +413,7 @@ impl VirtSnapFs {
         let mut volumes = Vec::new();
         let mut report = Vec::new();
         for v in found {
-            match guest::open_filesystem(v.source.clone()) {
+            match guest::open_filesystem(v.source.clone(), self.cache.clone()) {
                 Ok(Some(fs)) => {
                     report.push(format!("{} {}", v.name, fs.format_name()));
                     let view_label =
@@ -472,7 +472,7 @@ impl VirtSnapFs {
                 .into_iter()
                 .find(|v| v.name == volume)
                 .ok_or_else(|| fs_err!(NotFound, "{label}: no volume {volume}"))?;
-            let fs = guest::open_filesystem(v.source)
+            let fs = guest::open_filesystem(v.source, self.cache.clone())
                 .map_err(|e| guest_error(&label, &format!("volume {volume}"), e))?
                 .ok_or_else(|| fs_err!(NotFound, "{label}: nothing recognised on {volume}"))?;
             let view_label = Self::view_label(place, &disk.target, volume, fs.format_name());

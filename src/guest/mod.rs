@@ -22,6 +22,13 @@
 //! `unsafe`, checked arithmetic on every value read from the disk, one [`CorruptKind`] per
 //! check, no panic, no unbounded allocation and no endless loop whatever the bytes. Nothing
 //! here writes: a dirty journal is replayed into memory, the image is never modified.
+//!
+//! Memory: every format keeps its metadata blocks in the crate's one byte-budgeted
+//! [`MetadataCache`], passed to [`open_filesystem`] and keyed by an id of each opened
+//! filesystem's own ([`crate::cache::next_id`]), so all opened filesystems together stay
+//! within that one budget however many there are; what a filesystem holds itself besides is
+//! bounded per format and stated in its module ([`ext4`]: the superblock and the journal
+//! overlay, at most 24 bytes per journal block).
 #![forbid(unsafe_code)]
 
 pub mod error;
@@ -33,6 +40,7 @@ mod crc;
 
 use std::sync::Arc;
 
+use crate::cache::MetadataCache;
 use crate::source::ByteSource;
 
 pub use error::{CorruptKind, GuestError};
@@ -125,10 +133,15 @@ pub trait GuestFs: Send + Sync {
 }
 
 /// Probes `dev` for a filesystem this layer reads and opens it. `Ok(None)` for anything not
-/// recognised (empty, swap, unknown formats): such volumes are not shown.
-pub fn open_filesystem(dev: Arc<dyn ByteSource>) -> Result<Option<Box<dyn GuestFs>>, GuestError> {
+/// recognised (empty, swap, unknown formats): such volumes are not shown. The filesystem
+/// keeps its metadata blocks in `cache` (the crate's one byte-budgeted LRU, shared with the
+/// images and every other filesystem), under an id of its own.
+pub fn open_filesystem(
+    dev: Arc<dyn ByteSource>,
+    cache: Arc<MetadataCache>,
+) -> Result<Option<Box<dyn GuestFs>>, GuestError> {
     if ext4::probe(dev.as_ref())? {
-        return Ok(ext4::Ext4::open(dev)?.map(|fs| Box::new(fs) as Box<dyn GuestFs>));
+        return Ok(ext4::Ext4::open(dev, cache)?.map(|fs| Box::new(fs) as Box<dyn GuestFs>));
     }
     Ok(None)
 }
@@ -214,14 +227,16 @@ pub fn walk(
 
 /// The fuzz target's body: `data` as a whole disk; finds its volumes, opens each, walks a
 /// bounded part of the tree and reads files, links and xattrs. Errors are expected; panics,
-/// hangs and huge allocations are the bugs it looks for.
+/// hangs and huge allocations are the bugs it looks for. The filesystems share a small cache
+/// (256 KiB), so eviction is exercised too.
 pub fn fuzz_one_disk(data: &[u8]) {
     let disk: Arc<dyn ByteSource> = Arc::new(crate::source::MemorySource::new(data.to_vec()));
     let Ok(volumes) = find_volumes(disk, "vda") else {
         return;
     };
+    let cache = Arc::new(MetadataCache::new(256 << 10));
     for volume in volumes.into_iter().take(8) {
-        let Ok(Some(fs)) = open_filesystem(volume.source) else {
+        let Ok(Some(fs)) = open_filesystem(volume.source, cache.clone()) else {
             continue;
         };
         let limits = WalkLimits {

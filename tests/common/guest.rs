@@ -586,8 +586,11 @@ pub fn open_volumes(
 ) -> BTreeMap<String, (guest::Volume, Box<dyn GuestFs>)> {
     let src: Arc<dyn ByteSource> = Arc::new(FileSource::open(disk).unwrap());
     let mut out = BTreeMap::new();
+    let cache = Arc::new(virtsnapfs::cache::MetadataCache::new(
+        virtsnapfs::cache::DEFAULT_CACHE_BYTES,
+    ));
     for v in guest::find_volumes(src, disk_name).unwrap() {
-        if let Some(fs) = guest::open_filesystem(v.source.clone()).unwrap() {
+        if let Some(fs) = guest::open_filesystem(v.source.clone(), cache.clone()).unwrap() {
             out.insert(v.name.clone(), (v, fs));
         }
     }

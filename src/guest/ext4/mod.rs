@@ -10,10 +10,17 @@
 //! [`GuestFs::read`], both of which consult the journal overlay first: a filesystem whose
 //! journal needs recovery is shown as the kernel shows it after recovery, without writing.
 //!
-//! Memory per opened filesystem: the block cache holds at most [`CACHE_BYTES`] (4 MiB) of
-//! metadata blocks; the journal overlay holds one 24-byte entry per block the journal
-//! replays (at most one per journal block: 32,768 entries, about 1.5 MiB with the map's
-//! overhead, for the default 128 MiB journal); nothing else is kept between calls.
+//! Memory per opened filesystem: metadata blocks (superblock copies, group descriptors, inode
+//! tables, extent and block-map blocks, directories, xattr blocks, journal blocks) are kept in
+//! the crate's one byte-budgeted [`MetadataCache`], passed in by the caller and shared with
+//! the images' metadata and every other opened filesystem, under keys
+//! ([`CacheKey::GuestBlock`]) holding an id of this filesystem's own, so the blocks of all
+//! opened filesystems together never exceed that cache's budget, and a filesystem dropped
+//! leaves only entries that age out. What each filesystem holds itself is the parsed
+//! superblock (a few hundred bytes) and the journal overlay: one 24-byte entry per block the
+//! journal replays (at most one per journal block: 32,768 entries, about 1.5 MiB with the
+//! map's overhead, for the default 128 MiB journal; none for a clean journal). Nothing else
+//! is kept between calls.
 
 pub mod checksum;
 pub mod dir;
@@ -27,14 +34,11 @@ pub mod superblock;
 pub mod symlink;
 pub mod xattr;
 
-use std::num::NonZeroUsize;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use lru::LruCache;
-use parking_lot::Mutex;
-
+use crate::cache::{next_id, CacheKey, CacheValue, MetadataCache};
 use crate::source::ByteSource;
 
 use super::{CorruptKind, FileKind, GuestAttr, GuestDirEntry, GuestError, GuestFs};
@@ -43,9 +47,6 @@ use superblock::{
     Superblock, COMPAT_HAS_JOURNAL, INCOMPAT_JOURNAL_DEV, INCOMPAT_RECOVER, SUPERBLOCK_OFFSET,
     SUPERBLOCK_SIZE,
 };
-
-/// Bytes of metadata blocks kept in each filesystem's cache.
-pub const CACHE_BYTES: usize = 4 << 20;
 
 /// Regular files larger than this are refused: 2^32 blocks of 64 KiB, what extents address.
 const MAX_FILE_BYTES: u64 = 1 << 48;
@@ -71,15 +72,23 @@ pub struct Ext4 {
     dev: Arc<dyn ByteSource>,
     pub(crate) sb: Superblock,
     overlay: journal::Overlay,
-    cache: Mutex<LruCache<u64, Arc<[u8]>>>,
+    /// Where metadata blocks are kept, under `cache_id`.
+    cache: Arc<MetadataCache>,
+    /// This view's cache namespace: new for every `Ext4` value, so blocks read before the
+    /// journal overlay existed (while it was being recovered) are never served after.
+    cache_id: u64,
     replay: Option<journal::ReplayStats>,
     checksum_warned: AtomicBool,
 }
 
 impl Ext4 {
     /// Opens the filesystem on `dev`, replaying its journal in memory if it needs recovery.
-    /// `Ok(None)` for an external journal device (a volume with no files).
-    pub fn open(dev: Arc<dyn ByteSource>) -> Result<Option<Ext4>, GuestError> {
+    /// Metadata blocks are kept in `cache`. `Ok(None)` for an external journal device (a
+    /// volume with no files).
+    pub fn open(
+        dev: Arc<dyn ByteSource>,
+        cache: Arc<MetadataCache>,
+    ) -> Result<Option<Ext4>, GuestError> {
         let device_len = dev.byte_len()?;
         let mut raw = vec![0u8; SUPERBLOCK_SIZE];
         dev.read_exact_at(&mut raw, SUPERBLOCK_OFFSET)?;
@@ -89,7 +98,7 @@ impl Ext4 {
             return Ok(None);
         }
         let sb = Superblock::parse(&raw, device_len)?;
-        let mut fs = Ext4::with_overlay(dev.clone(), sb, journal::Overlay::default());
+        let mut fs = Ext4::with_overlay(dev.clone(), sb, journal::Overlay::default(), &cache);
         if !(fs.sb.has_incompat(INCOMPAT_RECOVER) && fs.sb.has_compat(COMPAT_HAS_JOURNAL)) {
             return Ok(Some(fs));
         }
@@ -106,7 +115,7 @@ impl Ext4 {
             stats.replayed_blocks,
             stats.revoked_blocks
         );
-        fs = Ext4::with_overlay(dev, fs.sb, overlay);
+        fs = Ext4::with_overlay(dev, fs.sb, overlay, &cache);
         // The superblock and descriptors as the journal left them, as the kernel sees them.
         let sb_block = SUPERBLOCK_OFFSET / u64::from(fs.sb.block_size);
         let sb_at = usize::try_from(SUPERBLOCK_OFFSET % u64::from(fs.sb.block_size))
@@ -119,30 +128,42 @@ impl Ext4 {
         if new_sb.block_size != fs.sb.block_size {
             return Err(CorruptKind::JournalBlockSize.into());
         }
-        let mut fs = Ext4::with_overlay(fs.dev.clone(), new_sb, std::mem::take(&mut fs.overlay));
+        let overlay = std::mem::take(&mut fs.overlay);
+        let mut fs = Ext4::with_overlay(fs.dev.clone(), new_sb, overlay, &cache);
         fs.replay = Some(stats);
         Ok(Some(fs))
     }
 
     /// Opens the filesystem as it is on the device, ignoring a journal that needs recovery:
     /// what `mount -o ro,noload` shows (possibly inconsistent). For diagnostics and tests.
-    pub fn open_without_replay(dev: Arc<dyn ByteSource>) -> Result<Ext4, GuestError> {
+    pub fn open_without_replay(
+        dev: Arc<dyn ByteSource>,
+        cache: Arc<MetadataCache>,
+    ) -> Result<Ext4, GuestError> {
         let device_len = dev.byte_len()?;
         let mut raw = vec![0u8; SUPERBLOCK_SIZE];
         dev.read_exact_at(&mut raw, SUPERBLOCK_OFFSET)?;
         let sb = Superblock::parse(&raw, device_len)?;
-        Ok(Ext4::with_overlay(dev, sb, journal::Overlay::default()))
+        Ok(Ext4::with_overlay(
+            dev,
+            sb,
+            journal::Overlay::default(),
+            &cache,
+        ))
     }
 
-    fn with_overlay(dev: Arc<dyn ByteSource>, sb: Superblock, overlay: journal::Overlay) -> Ext4 {
-        let entries = (CACHE_BYTES / usize::try_from(sb.block_size).unwrap_or(4096)).max(16);
+    fn with_overlay(
+        dev: Arc<dyn ByteSource>,
+        sb: Superblock,
+        overlay: journal::Overlay,
+        cache: &Arc<MetadataCache>,
+    ) -> Ext4 {
         Ext4 {
             dev,
             sb,
             overlay,
-            cache: Mutex::new(LruCache::new(
-                NonZeroUsize::new(entries).unwrap_or(NonZeroUsize::MIN),
-            )),
+            cache: cache.clone(),
+            cache_id: next_id(),
             replay: None,
             checksum_warned: AtomicBool::new(false),
         }
@@ -190,16 +211,20 @@ impl Ext4 {
         Ok(())
     }
 
-    /// Filesystem block `n` (metadata: cached).
+    /// Filesystem block `n` (metadata: through the shared cache).
     pub(crate) fn block(&self, n: u64) -> Result<Arc<[u8]>, GuestError> {
-        if let Some(b) = self.cache.lock().get(&n) {
-            return Ok(b.clone());
+        let key = CacheKey::GuestBlock {
+            fs: self.cache_id,
+            block: n,
+        };
+        if let Some(CacheValue::GuestBlock(b)) = self.cache.get(&key) {
+            return Ok(b);
         }
         let mut buf =
             vec![0u8; usize::try_from(self.sb.block_size).map_err(|_| CorruptKind::BlockSize)?];
         self.read_block_into(n, &mut buf)?;
         let b: Arc<[u8]> = buf.into();
-        self.cache.lock().put(n, b.clone());
+        self.cache.insert(key, CacheValue::GuestBlock(b.clone()));
         Ok(b)
     }
 
