@@ -29,7 +29,8 @@ done
 qemu-img create -q -f qcow2 -b /nonexistent -F raw -u o.qcow2 1M
 seed qcow2_image o.qcow2
 
-# guest_ext4: a small tree with one of each kind of file the reader handles.
+# guest_ext4: a small tree with one of each kind of file the reader handles (a fragmented
+# file has an extent tree of depth 1; a large directory has an htree).
 mkdir -p t/d/e
 echo hello >t/a
 head -c 20000 /dev/zero | tr '\0' x >t/d/big # past the 12 direct blocks of a 1 KiB block map
@@ -41,6 +42,9 @@ ln -s "$(printf 'long/%.0s' {1..40})target" t/slow-link
 mkfifo t/fifo
 mknod t/null c 1 3
 for i in $(seq 1 30); do : >"t/d/entry-$i"; done
+mkdir t/many # hard links, so no inodes: enough names for an htree index after e2fsck -D
+for i in $(seq 1 120); do ln t/a "t/many/a-longer-name-for-the-htree-$i"; done
+for i in $(seq 0 9); do printf x | dd of=t/fragmented bs=1 seek=$((i * 8192)) conv=notrunc status=none; done
 setfattr -n user.colour -v blue t/a
 setfattr -n user.big -v "$(head -c 300 /dev/zero | tr '\0' v)" t/d/big
 
@@ -51,6 +55,7 @@ mkfs_seed() {
   rm -f "$name"
   truncate -s "$size" "$name"
   "$mkfs" -q -F -d t "$@" "$name" >/dev/null
+  e2fsck -fyD "$name" >/dev/null 2>&1 || true # index the large directory
   seed guest_ext4 "$name"
 }
 mkfs_seed ext4-1k.raw 256k mkfs.ext4 -b 1024 -N 64 -O ^has_journal
