@@ -36,17 +36,19 @@ impl FuseAdapter {
 }
 
 /// Sends the core's invalidations to the kernel. Inodes go at once, from the caller's
-/// thread (no directory lock is involved). Entries go from a worker thread: never from a
+/// thread (no directory lock is involved). Entries go from worker threads: never from a
 /// request handler, where the kernel may hold the very directory lock a notification needs.
 /// Each batch of entries is sent as soon as it is handed over (it then waits for the
 /// directory locks of the request that caused it, so it lands after the kernel's own
-/// bookkeeping of that request: a rename moves the dentry after our reply), and the whole
-/// batch once more [`RESEND_AFTER`] later, without holding up the batches handed over in
-/// between.
+/// bookkeeping of that request: a rename moves the dentry after our reply). Stray entries
+/// have a thread of their own, so that what lookups wait for never queues behind other
+/// batches, which may wait for the lock of the very rename whose lookup is waiting.
 pub struct NotifierKernelCache {
     notifier: fuser::Notifier,
-    tx: parking_lot::Mutex<mpsc::Sender<Batch>>,
-    progress: Arc<SendProgress>,
+    /// Every change's entries and inodes, sent again [`RESEND_AFTER`] later.
+    changes: NotifierQueue,
+    /// Entries the kernel makes from a reply that the tree does not have.
+    strays: NotifierQueue,
 }
 
 /// Drops the attributes and cached pages of each inode. ENOENT (not cached) is harmless.
@@ -69,8 +71,14 @@ type Invalidation = (Vec<(u64, OsString)>, Vec<u64>);
 /// A batch and its sequence number (1, 2, ...).
 type Batch = (u64, Invalidation);
 
-/// When a batch is sent the second time.
+/// When a batch of changes is sent the second time.
 const RESEND_AFTER: Duration = Duration::from_millis(100);
+
+/// Batches sent by one worker thread, in order, each as soon as the previous one is sent.
+struct NotifierQueue {
+    tx: parking_lot::Mutex<mpsc::Sender<Batch>>,
+    progress: Arc<SendProgress>,
+}
 
 /// How many batches were handed over and how many have been sent once.
 #[derive(Default)]
@@ -79,14 +87,14 @@ struct SendProgress {
     sent: parking_lot::Condvar,
 }
 
-impl NotifierKernelCache {
-    pub fn start(notifier: fuser::Notifier) -> NotifierKernelCache {
+impl NotifierQueue {
+    /// Starts the queue's thread; with `resend`, every batch is sent again RESEND_AFTER later,
+    /// without holding up the batches handed over in between.
+    fn start(notifier: fuser::Notifier, resend: bool) -> NotifierQueue {
         let (tx, rx) = mpsc::channel::<Batch>();
         let progress = Arc::new(SendProgress::default());
         let sender_progress = progress.clone();
-        let worker = notifier.clone();
         std::thread::spawn(move || {
-            let notifier = worker;
             let mut resends: std::collections::VecDeque<(Instant, Invalidation)> =
                 std::collections::VecDeque::new();
             loop {
@@ -103,7 +111,9 @@ impl NotifierKernelCache {
                         counts.1 = counts.1.max(seq);
                         sender_progress.sent.notify_all();
                         drop(counts);
-                        resends.push_back((Instant::now() + RESEND_AFTER, batch));
+                        if resend {
+                            resends.push_back((Instant::now() + RESEND_AFTER, batch));
+                        }
                     }
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -119,17 +129,13 @@ impl NotifierKernelCache {
                 }
             }
         });
-        NotifierKernelCache {
-            notifier,
+        NotifierQueue {
             tx: parking_lot::Mutex::new(tx),
             progress,
         }
     }
-}
 
-impl KernelCache for NotifierKernelCache {
-    fn invalidate(&self, entries: Vec<(u64, OsString)>, inodes: Vec<u64>) {
-        forget_inodes(&self.notifier, &inodes);
+    fn push(&self, batch: Invalidation) {
         // Numbered and queued under one lock, so batches are queued in their numbers' order.
         let tx = self.tx.lock();
         let seq = {
@@ -137,9 +143,10 @@ impl KernelCache for NotifierKernelCache {
             counts.0 += 1;
             counts.0
         };
-        let _ = tx.send((seq, (entries, inodes)));
+        let _ = tx.send((seq, batch));
     }
 
+    /// Waits until every batch handed over so far is sent, or `limit` has passed.
     fn settle(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         let mut counts = self.progress.counts.lock();
@@ -152,7 +159,7 @@ impl KernelCache for NotifierKernelCache {
                 .timed_out()
             {
                 log::debug!(
-                    "invalidations {}..={target} not yet delivered after {limit:?}; answering anyway",
+                    "stray entries {}..={target} not yet forgotten after {limit:?}; answering anyway",
                     counts.1 + 1
                 );
                 return;
@@ -170,6 +177,31 @@ fn file_type(kind: NodeKind) -> FileType {
         NodeKind::BlockDevice => FileType::BlockDevice,
         NodeKind::Fifo => FileType::NamedPipe,
         NodeKind::Socket => FileType::Socket,
+    }
+}
+
+impl NotifierKernelCache {
+    pub fn start(notifier: fuser::Notifier) -> NotifierKernelCache {
+        NotifierKernelCache {
+            changes: NotifierQueue::start(notifier.clone(), true),
+            strays: NotifierQueue::start(notifier.clone(), false),
+            notifier,
+        }
+    }
+}
+
+impl KernelCache for NotifierKernelCache {
+    fn invalidate(&self, entries: Vec<(u64, OsString)>, inodes: Vec<u64>) {
+        forget_inodes(&self.notifier, &inodes);
+        self.changes.push((entries, inodes));
+    }
+
+    fn forget_stray(&self, entries: Vec<(u64, OsString)>) {
+        self.strays.push((entries, Vec::new()));
+    }
+
+    fn settle(&self, limit: Duration) {
+        self.strays.settle(limit);
     }
 }
 

@@ -13,9 +13,15 @@ pub trait KernelCache: Send + Sync {
     /// entry takes its directory's lock. Forgetting pages waits for reads in flight, so the
     /// caller must hold nothing those reads wait for (a domain's operation lock).
     fn invalidate(&self, entries: Vec<(u64, OsString)>, inodes: Vec<u64>);
-    /// Waits until everything handed to [`KernelCache::invalidate`] so far has reached the
-    /// kernel, or `limit` has passed (the request being answered may itself hold a lock that
-    /// an invalidation waits for; the limit keeps that from becoming a deadlock).
+    /// Hands over entries that the kernel is about to make from our reply although the tree
+    /// has no such entry: after a revert (`mv SNAPSHOT DOMAIN/live/`) the kernel moves the
+    /// snapshot's directory entry onto `live/SNAPSHOT`, so it holds the snapshot's inode in a
+    /// second place. They are forgotten as soon as the kernel has made them, and lookups wait
+    /// for that ([`KernelCache::settle`]). Must not block, like `invalidate`.
+    fn forget_stray(&self, _entries: Vec<(u64, OsString)>) {}
+    /// Waits until every entry handed to [`KernelCache::forget_stray`] so far is forgotten,
+    /// or `limit` has passed (the request being answered may itself hold a lock the
+    /// forgetting waits for; the limit keeps that from becoming a deadlock).
     fn settle(&self, _limit: Duration) {}
 }
 
@@ -25,9 +31,9 @@ impl KernelCache for NoKernelCache {
     fn invalidate(&self, _entries: Vec<(u64, OsString)>, _inodes: Vec<u64>) {}
 }
 
-/// How long a lookup waits for earlier invalidations to reach the kernel. They take
-/// microseconds once the request that caused them has finished; the limit only matters when
-/// the lookup's own request holds a lock an invalidation needs.
+/// How long a lookup waits for stray entries to be forgotten. That takes microseconds once
+/// the request that made them has finished; the limit only matters when the lookup's own
+/// request holds a lock the forgetting needs.
 pub(super) const SETTLE_LIMIT: Duration = Duration::from_millis(250);
 
 /// Kernel cache lifetime of nodes whose changes the refresher reports as invalidations.

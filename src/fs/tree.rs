@@ -347,13 +347,11 @@ impl VirtSnapFs {
         }
     }
 
-    /// Finds `name` in directory `parent`. Answers only once earlier invalidations have
-    /// reached the kernel: a revert answered with success makes the kernel move the snapshot's
-    /// directory entry onto `live/NAME`, a place where the tree has no such entry, and until
-    /// that entry is forgotten the kernel holds the snapshot's inode in two places. A lookup
-    /// of the snapshot's real name answered then makes the kernel move the stray entry back,
-    /// which it cannot do while a rename holds its rename lock: `mv` (a rename) of the
-    /// snapshot, or any lookup during any rename on the mount, fails with ESTALE.
+    /// Finds `name` in directory `parent`. Answers only once stray entries are forgotten
+    /// ([`KernelCache::forget_stray`]): while the kernel still holds a reverted snapshot's
+    /// inode under `live/`, a lookup of the snapshot's real name makes the kernel move that
+    /// entry back, which it cannot do while a rename holds its rename lock: `mv` (a rename)
+    /// of the snapshot, or any lookup during any rename on the mount, fails with ESTALE.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
         self.kernel_cache.read().clone().settle(SETTLE_LIMIT);
         let parent_key = self.key(parent)?;

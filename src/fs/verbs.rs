@@ -158,7 +158,11 @@ impl VirtSnapFs {
             let scans_first = SnapshotOps::revert_scans_first(&model, &snapshot);
             self.operate(&domain, extra, TreeShape::Kept, scans_first, |m, fetch| {
                 self.ops.revert(m, &snapshot, fetch)
-            })
+            })?;
+            // After the reply the kernel moves the snapshot's entry onto the target name.
+            let stray = vec![(new_parent, new_name.to_os_string())];
+            self.kernel_cache.read().forget_stray(stray);
+            Ok(())
         };
         match &to {
             NodeKey::Live(d) if *d == domain => revert(extra),
