@@ -680,6 +680,20 @@ fn patch_superblock(img: &Path, at: usize, bytes: &[u8]) {
 }
 
 #[test]
+fn hostile_journal_longer_than_mke2fs_makes() {
+    // A journal inode claiming 20,000,000 blocks, in a filesystem that needs recovery, is
+    // refused before any of it is read or mapped.
+    let s = small_image(&[]);
+    let img = s.path("h.raw");
+    debugfs_w(&img, &format!("sif <8> size {}", 20_000_000u64 * 4096));
+    debugfs_w(&img, "feature needs_recovery");
+    assert_eq!(
+        corrupt(open_img(&img).err().unwrap()),
+        CorruptKind::JournalTooLong
+    );
+}
+
+#[test]
 fn hostile_superblock_fields() {
     // Without metadata_csum the field checks themselves are reached.
     let s = small_image(&["-O", "^metadata_csum"]);

@@ -168,6 +168,8 @@ pub enum CorruptKind {
     // JBD2 journal.
     #[error("journal inode is invalid")]
     JournalInode,
+    #[error("journal is longer than 10,240,000 blocks (more than mke2fs makes)")]
+    JournalTooLong,
     #[error("journal superblock magic or type is wrong")]
     JournalSuperblock,
     #[error("journal superblock checksum mismatch")]

@@ -18,9 +18,11 @@
 //! opened filesystems together never exceed that cache's budget, and a filesystem dropped
 //! leaves only entries that age out. What each filesystem holds itself is the parsed
 //! superblock (a few hundred bytes) and the journal overlay: one 24-byte entry per block the
-//! journal replays (at most one per journal block: 32,768 entries, about 1.5 MiB with the
-//! map's overhead, for the default 128 MiB journal; none for a clean journal). Nothing else
-//! is kept between calls.
+//! journal replays, at most one per journal block (none for a clean journal; 32,768 entries,
+//! about 1.5 MiB with the map's overhead, for the default 128 MiB journal). Journals longer
+//! than [`journal::MAX_JOURNAL_BLOCKS`] (10,240,000 blocks, the most mke2fs makes) are
+//! refused, so the overlay never exceeds about 300 MiB, plus as much again while the scan
+//! that builds it runs. Nothing else is kept between calls.
 
 pub mod checksum;
 pub mod dir;

@@ -101,6 +101,12 @@ pub(crate) trait LogDevice {
     fn phys(&self, jblk: u32) -> Result<u64, GuestError>;
 }
 
+/// The longest journal replayed, in blocks (fast-commit area included): the most mke2fs and
+/// tune2fs make. A longer one is refused before it is read: a journal inode whose extents map
+/// the same device blocks again and again can claim 2^32 blocks, and one transaction that
+/// never commits would make the scan read them all and keep a record of every tag.
+pub const MAX_JOURNAL_BLOCKS: u64 = 10_240_000;
+
 /// The internal journal: the journal inode's blocks, as contiguous runs.
 struct InodeLog<'a> {
     fs: &'a Ext4,
@@ -113,9 +119,11 @@ impl<'a> InodeLog<'a> {
     fn new(fs: &'a Ext4, inode: &Inode) -> Result<InodeLog<'a>, GuestError> {
         let bs = u64::from(fs.sb.block_size);
         let blocks = inode.size / bs;
-        // Logical block numbers are 32-bit; so is s_maxlen.
-        if blocks == 0 || blocks > u64::from(u32::MAX) {
+        if blocks == 0 {
             return Err(CorruptKind::JournalInode.into());
+        }
+        if blocks > MAX_JOURNAL_BLOCKS {
+            return Err(CorruptKind::JournalTooLong.into());
         }
         let mut runs: Vec<(u64, u64, u64)> = Vec::new();
         let mut l = 0u64;
