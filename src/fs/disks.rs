@@ -36,6 +36,12 @@ pub(super) enum Handle {
     },
 }
 
+/// Whether handles open on a snapshot's disk or guest files may still read. Cleared when the
+/// snapshot's deletion begins: its merge may rewrite the very images such a handle reads, so
+/// from then on the handle's reads fail with EIO instead of returning another state's bytes.
+/// Set again if the deletion fails.
+pub(super) type Readable = Arc<std::sync::atomic::AtomicBool>;
+
 /// A domain's change counter. Odd while a snapshot operation on the domain runs; it moves on
 /// by one when the operation starts and again when it ends, and by two when the refresher
 /// finds that libvirt changed the domain.
@@ -194,8 +200,14 @@ impl VirtSnapFs {
             NodeKey::Guest(d, s, v, i) => self.guest_open((d, s, v, *i))?,
             other => return Err(fs_err!(IsADirectory, "{other:?} is a directory")),
         };
+        let readable = match &key {
+            NodeKey::SnapshotDisk(d, s, _) | NodeKey::Guest(d, Some(s), _, _) => {
+                Some(self.snapshot_readable(d, s))
+            }
+            _ => None,
+        };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().insert(fh, handle);
+        self.handles.lock().insert(fh, (handle, readable));
         Ok(Opened {
             fh,
             keep_cache,
@@ -266,11 +278,14 @@ impl VirtSnapFs {
             if now != live.opened_at {
                 chain = self.open_live_disk(&live.domain, &live.target)?.0;
                 live.opened_at = now;
-                if let Some(Handle::Disk {
-                    chain: held,
-                    live: Some(h),
-                    ..
-                }) = self.handles.lock().get_mut(&fh)
+                if let Some((
+                    Handle::Disk {
+                        chain: held,
+                        live: Some(h),
+                        ..
+                    },
+                    _,
+                )) = self.handles.lock().get_mut(&fh)
                 {
                     *held = chain.clone();
                     h.opened_at = now;
@@ -288,17 +303,78 @@ impl VirtSnapFs {
         ))
     }
 
-    pub(super) fn handle(&self, fh: u64) -> Result<HandleRef, FsError> {
-        match self.handles.lock().get(&fh) {
-            Some(Handle::Disk { chain, label, live }) => {
-                Ok(HandleRef::Disk(chain.clone(), label.clone(), live.clone()))
-            }
-            Some(Handle::Bytes(b)) => Ok(HandleRef::Bytes(b.clone())),
-            Some(Handle::Guest { view, ino, live }) => {
-                Ok(HandleRef::Guest(view.clone(), *ino, live.clone()))
-            }
-            None => Err(fs_err!(BadHandle, "file handle {fh} is not open")),
+    /// The flag that handles open on snapshot `snapshot` of `domain` share.
+    fn snapshot_readable(&self, domain: &str, snapshot: &str) -> Readable {
+        self.readable
+            .lock()
+            .entry((domain.to_string(), snapshot.to_string()))
+            .or_insert_with(|| Arc::new(true.into()))
+            .clone()
+    }
+
+    /// Stops the reads of every handle open on `snapshot` (its deletion begins). Dropping the
+    /// returned guard lets them read again (the deletion failed), unless
+    /// [`SnapshotReaders::gone`] says the snapshot was deleted.
+    pub(super) fn stop_snapshot_readers(&self, domain: &str, snapshot: &str) -> SnapshotReaders {
+        let flag = self.snapshot_readable(domain, snapshot);
+        flag.store(false, Ordering::Release);
+        SnapshotReaders(Some(flag))
+    }
+
+    /// Snapshot `snapshot` of `domain` was deleted: a snapshot made later under its name gets
+    /// a flag of its own, while the old handles stay unreadable.
+    pub(super) fn snapshot_deleted(&self, domain: &str, snapshot: &str, readers: SnapshotReaders) {
+        self.readable
+            .lock()
+            .remove(&(domain.to_string(), snapshot.to_string()));
+        readers.gone();
+    }
+
+    /// Fails when the handle's snapshot is being deleted or was deleted since it was opened.
+    fn check_readable(fh: u64, readable: &Option<Readable>) -> Result<(), FsError> {
+        match readable {
+            Some(r) if !r.load(Ordering::Acquire) => Err(fs_err!(
+                Io,
+                "file handle {fh}: its snapshot is being deleted or was deleted (a merge may rewrite the images it reads); nothing more is read through it"
+            )),
+            _ => Ok(()),
         }
+    }
+
+    /// The handle `fh`, after checking that it may still read.
+    pub(super) fn handle(&self, fh: u64) -> Result<HandleRef, FsError> {
+        let (handle, readable) = self.handle_and_flag(fh)?;
+        Self::check_readable(fh, &readable)?;
+        Ok(handle)
+    }
+
+    /// Runs `read` on handle `fh`, failing if its snapshot's deletion began before it ended
+    /// (its bytes may then come from an image the merge was rewriting).
+    fn read_checked<T>(
+        &self,
+        fh: u64,
+        read: impl FnOnce(HandleRef) -> Result<T, FsError>,
+    ) -> Result<T, FsError> {
+        let (handle, readable) = self.handle_and_flag(fh)?;
+        Self::check_readable(fh, &readable)?;
+        let result = read(handle)?;
+        Self::check_readable(fh, &readable)?;
+        Ok(result)
+    }
+
+    fn handle_and_flag(&self, fh: u64) -> Result<(HandleRef, Option<Readable>), FsError> {
+        let handles = self.handles.lock();
+        let Some((handle, readable)) = handles.get(&fh) else {
+            return Err(fs_err!(BadHandle, "file handle {fh} is not open"));
+        };
+        let handle = match handle {
+            Handle::Disk { chain, label, live } => {
+                HandleRef::Disk(chain.clone(), label.clone(), live.clone())
+            }
+            Handle::Bytes(b) => HandleRef::Bytes(b.clone()),
+            Handle::Guest { view, ino, live } => HandleRef::Guest(view.clone(), *ino, live.clone()),
+        };
+        Ok((handle, readable.clone()))
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
@@ -311,7 +387,7 @@ impl VirtSnapFs {
     /// Reads up to `buf.len()` bytes at `offset` into `buf` and returns how many, so a caller
     /// can reuse one buffer for every read instead of allocating a megabyte per request.
     pub fn read_into(&self, fh: u64, offset: u64, buf: &mut [u8]) -> Result<usize, FsError> {
-        match self.handle(fh)? {
+        self.read_checked(fh, |handle| match handle {
             HandleRef::Bytes(b) => {
                 let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
                 let end = start.saturating_add(buf.len()).min(b.len());
@@ -324,13 +400,13 @@ impl VirtSnapFs {
                     .read_at(buf, offset)
                     .map_err(|e| fs_err!(Io, "{label}: read at {offset}: {e}"))
             }),
-        }
+        })
     }
 
     /// SEEK_DATA / SEEK_HOLE, so `cp --sparse` and `qemu-img convert` skip holes.
     pub fn lseek(&self, fh: u64, offset: u64, whence: Whence) -> Result<u64, FsError> {
         let past_end = || fs_err!(NoSuchOffset, "offset {offset} is at or past the end");
-        match self.handle(fh)? {
+        self.read_checked(fh, |handle| match handle {
             HandleRef::Bytes(b) => {
                 let len = b.len() as u64;
                 if offset >= len {
@@ -354,7 +430,7 @@ impl VirtSnapFs {
                     Whence::Hole => chain.next_hole(offset).map_err(io),
                 }
             }),
-        }
+        })
     }
 
     pub fn release(&self, fh: u64) {
@@ -372,5 +448,24 @@ impl VirtSnapFs {
         self.served.lock().retain(|k, _| match k {
             ChainKey::Live(d, _) | ChainKey::Snapshot(d, _, _) => d != domain,
         });
+    }
+}
+
+/// Lets the readers of a snapshot read again when dropped, unless [`SnapshotReaders::gone`]
+/// said the snapshot was deleted.
+pub(super) struct SnapshotReaders(Option<Readable>);
+
+impl SnapshotReaders {
+    /// The snapshot is gone: its handles stay unreadable.
+    fn gone(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for SnapshotReaders {
+    fn drop(&mut self) {
+        if let Some(f) = &self.0 {
+            f.store(true, Ordering::Release);
+        }
     }
 }

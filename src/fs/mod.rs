@@ -38,7 +38,7 @@ pub use attr::{Attr, DirEntry, NodeKind};
 pub use disks::{Opened, Whence};
 pub use kernel::KernelCache;
 
-use disks::{ChainEntry, ChainKey, ChangeCounter, ChangeEnds, Handle};
+use disks::{ChainEntry, ChainKey, ChangeCounter, ChangeEnds, Handle, Readable};
 use kernel::{NoKernelCache, SETTLE_LIMIT};
 
 use std::collections::HashMap;
@@ -113,7 +113,10 @@ pub struct VirtSnapFs {
     ops: SnapshotOps,
     kernel_cache: parking_lot::RwLock<Arc<dyn KernelCache>>,
     inodes: inode::InodeTable,
-    handles: Mutex<HashMap<u64, Handle>>,
+    /// Open files, and for a snapshot's disk or guest file whether it may still be read.
+    handles: Mutex<HashMap<u64, (Handle, Option<Readable>)>>,
+    /// One flag per snapshot that has open handles, cleared while the snapshot is deleted.
+    readable: Mutex<HashMap<(String, String), Readable>>,
     next_fh: AtomicU64,
     chains: Mutex<LruCache<ChainKey, ChainEntry>>,
     /// (size, allocated bytes) of snapshot disks, so `ls -l` of many snapshots opens nothing.
@@ -150,6 +153,7 @@ impl VirtSnapFs {
             kernel_cache: parking_lot::RwLock::new(Arc::new(NoKernelCache)),
             inodes: inode::InodeTable::new(),
             handles: Mutex::new(HashMap::new()),
+            readable: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             chains: Mutex::new(LruCache::new(
                 NonZeroUsize::new(OPEN_CHAINS).expect("nonzero"),

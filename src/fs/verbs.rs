@@ -222,13 +222,16 @@ impl VirtSnapFs {
                 "domain {domain}: no snapshot {snapshot} here"
             ));
         }
+        let readers = self.stop_snapshot_readers(&domain, &snapshot);
         self.operate(
             &domain,
             vec![(parent, name.to_os_string())],
             TreeShape::Changed,
             SnapshotOps::delete_scans_first(&model, &snapshot),
             |m, fetch| self.ops.delete(m, &snapshot, fetch),
-        )
+        )?;
+        self.snapshot_deleted(&domain, &snapshot, readers);
+        Ok(())
     }
 
     /// unlink: files are read-only, except that removing the fixed files of a snapshot
