@@ -66,6 +66,9 @@ pub fn parse_options(lists: &[String]) -> Result<MountOptions, String> {
             MountOption::FSName("virtsnapfs".into()),
             MountOption::CUSTOM("subtype=virtsnapfs".into()),
             MountOption::DefaultPermissions,
+            // files/ shows guests' device nodes and setuid programs: untrusted, never honoured.
+            MountOption::NoDev,
+            MountOption::NoSuid,
         ],
         acl: SessionACL::Owner,
         fs: Options::default(),
@@ -92,10 +95,12 @@ pub fn parse_options(lists: &[String]) -> Result<MountOptions, String> {
             ("subtype", Some(v)) => o.fuse[1] = MountOption::CUSTOM(format!("subtype={v}")),
             ("ro", None) => o.fuse.push(MountOption::RO),
             ("rw", None) => o.fuse.push(MountOption::RW),
-            ("dev", None) => o.fuse.push(MountOption::Dev),
-            ("nodev", None) => o.fuse.push(MountOption::NoDev),
-            ("suid", None) => o.fuse.push(MountOption::Suid),
-            ("nosuid", None) => o.fuse.push(MountOption::NoSuid),
+            ("dev" | "suid", None) => {
+                return Err(format!(
+                    "option {name} refused: files/ shows guests' device nodes and setuid programs, which the mount never honours (it is always nodev,nosuid)"
+                ))
+            }
+            ("nodev" | "nosuid", None) => {}
             ("exec", None) => o.fuse.push(MountOption::Exec),
             ("noexec", None) => o.fuse.push(MountOption::NoExec),
             ("atime", None) => o.fuse.push(MountOption::Atime),
@@ -428,6 +433,19 @@ mod tests {
         assert_eq!(o.fs.ops.kind, crate::ops::SnapshotKind::External);
         assert!(o.fs.ops.allow_stop);
         assert!(parse_options(&["snapshot_kind=both".into()]).is_err());
+    }
+
+    #[test]
+    fn the_mount_is_always_nodev_and_nosuid() {
+        for o in [parse_options(&[]), parse_options(&["nodev,nosuid".into()])] {
+            let o = o.unwrap();
+            assert!(o.fuse.contains(&MountOption::NoDev), "{:?}", o.fuse);
+            assert!(o.fuse.contains(&MountOption::NoSuid), "{:?}", o.fuse);
+        }
+        for refused in ["dev", "suid", "allow_other,dev"] {
+            let e = parse_options(&[refused.into()]).unwrap_err();
+            assert!(e.contains("nodev,nosuid"), "{refused}: {e}");
+        }
     }
 
     #[test]
