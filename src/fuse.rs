@@ -263,9 +263,16 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&self.fs.ttl(&a), &file_attr(&a), Generation(0)),
+            Ok(a) => {
+                self.fs.looked_up(a.ino);
+                reply.entry(&self.fs.ttl(&a), &file_attr(&a), Generation(0))
+            }
             Err(e) => reply.error(errno("lookup", &e)),
         }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

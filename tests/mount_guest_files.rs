@@ -448,3 +448,52 @@ fn a_host_user_reads_guest_files_only_if_they_may_read_the_disk() {
     );
     assert!(!ok && err.contains("Permission denied"), "{err}");
 }
+
+/// `find -printf '%i %p'` of `dir`: each path's inode number.
+fn inode_numbers(dir: &Path) -> std::collections::BTreeMap<String, u64> {
+    let out = sh("find", &[s(dir), "-mindepth", "1", "-printf", "%i %P\n"]);
+    out.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(i, p)| (p.to_string(), i.parse().unwrap()))
+        .collect()
+}
+
+/// Guest nodes are kept only while the kernel holds them: once it forgets them (here, when
+/// its caches are dropped: it evicts the directories' inodes at least), a second walk gets
+/// new numbers for them, never an old one, while hard links still share theirs and every
+/// file still reads its bytes.
+#[test]
+fn guest_inode_numbers_are_dropped_when_the_kernel_forgets_them() {
+    let scratch = tempfile::tempdir().unwrap();
+    let tree = scratch.path().join("tree");
+    for d in 0..20 {
+        let dir = tree.join(format!("d{d}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..50 {
+            fs::write(dir.join(format!("f{f}")), format!("{d}/{f}\n")).unwrap();
+        }
+    }
+    fs::hard_link(tree.join("d0/f0"), tree.join("d1/link")).unwrap();
+    let raw = scratch.path().join("forget.raw");
+    mkfs("mkfs.ext4", &[], &tree, &raw, "32M");
+    let dom = single_disk_domain("forget", &raw);
+    let mount = Mount::new(&[]);
+    let vol = mount.path(&format!("{}/snapshots/s1/files/vda", dom.name));
+    let first = inode_numbers(&vol);
+    assert_eq!(first.len(), 20 + 20 * 50 + 1 + 1, "{first:?}"); // + d1/link, lost+found
+    assert_eq!(first["d0/f0"], first["d1/link"]);
+    let newest_old = *first.values().max().unwrap();
+    // Dropping the kernel's dentries and inodes makes it FORGET them.
+    eventually(20, "the kernel forgets a guest directory", || {
+        sh("sh", &["-c", "sync; echo 2 > /proc/sys/vm/drop_caches"]);
+        inode_numbers(&vol)["d5"] != first["d5"]
+    });
+    let second = inode_numbers(&vol);
+    assert!(
+        second["d5"] > newest_old,
+        "a forgotten node's number came back: {} (the first walk's went up to {newest_old})",
+        second["d5"]
+    );
+    assert_eq!(second["d0/f0"], second["d1/link"]);
+    assert_eq!(fs::read(vol.join("d19/f49")).unwrap(), b"19/49\n");
+}

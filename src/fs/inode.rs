@@ -2,6 +2,11 @@
 //! `stat` gives the same st_ino for the same domain, snapshot or disk for the mount's life.
 //! Nodes are keyed by names, not by position in the tree: a snapshot that moves to another
 //! parent keeps its inode.
+//!
+//! Guest files are the exception to "for the mount's life": a guest filesystem may hold
+//! millions of them, so a guest node's number is kept while the kernel holds it (from its
+//! first lookup until the kernel's FORGET brings its lookup count back to zero) and then
+//! dropped; a later lookup gives it a new number. The mount's own nodes are few and kept.
 
 use std::collections::HashMap;
 
@@ -60,17 +65,30 @@ pub struct InodeTable {
 
 struct Inner {
     by_key: HashMap<NodeKey, u64>,
-    by_ino: Vec<NodeKey>,
+    by_ino: HashMap<u64, Node>,
+    /// The number the next new node gets.
+    next: u64,
+}
+
+struct Node {
+    key: NodeKey,
+    /// Lookups the kernel counts for this inode (guest nodes only; see [`InodeTable::forget`]).
+    lookups: u64,
 }
 
 impl InodeTable {
     pub fn new() -> InodeTable {
         let mut by_key = HashMap::new();
         by_key.insert(NodeKey::Root, ROOT_INO);
+        let root = Node {
+            key: NodeKey::Root,
+            lookups: 0,
+        };
         InodeTable {
             inner: Mutex::new(Inner {
                 by_key,
-                by_ino: vec![NodeKey::Root],
+                by_ino: HashMap::from([(ROOT_INO, root)]),
+                next: ROOT_INO + 1,
             }),
         }
     }
@@ -81,10 +99,49 @@ impl InodeTable {
         if let Some(&ino) = inner.by_key.get(key) {
             return ino;
         }
-        inner.by_ino.push(key.clone());
-        let ino = inner.by_ino.len() as u64;
+        let ino = inner.next;
+        inner.next += 1;
+        inner.by_ino.insert(
+            ino,
+            Node {
+                key: key.clone(),
+                lookups: 0,
+            },
+        );
         inner.by_key.insert(key.clone(), ino);
         ino
+    }
+
+    /// The kernel got inode `ino` from a lookup: one more reference it will FORGET.
+    pub fn looked_up(&self, ino: u64) {
+        if let Some(node) = self.inner.lock().by_ino.get_mut(&ino) {
+            if matches!(node.key, NodeKey::Guest(..)) {
+                node.lookups = node.lookups.saturating_add(1);
+            }
+        }
+    }
+
+    /// The kernel forgot `count` lookups of `ino`. A guest node it no longer holds is
+    /// dropped (its number is never given again).
+    pub fn forget(&self, ino: u64, count: u64) {
+        let mut inner = self.inner.lock();
+        let Some(node) = inner.by_ino.get_mut(&ino) else {
+            return;
+        };
+        if !matches!(node.key, NodeKey::Guest(..)) {
+            return;
+        }
+        node.lookups = node.lookups.saturating_sub(count);
+        if node.lookups == 0 {
+            if let Some(node) = inner.by_ino.remove(&ino) {
+                inner.by_key.remove(&node.key);
+            }
+        }
+    }
+
+    /// How many inode numbers are held now.
+    pub fn held(&self) -> usize {
+        self.inner.lock().by_ino.len()
     }
 
     /// The inode of `key` if one was ever assigned (the kernel may have it cached).
@@ -98,9 +155,8 @@ impl InodeTable {
         inner
             .by_ino
             .iter()
-            .enumerate()
-            .filter(|(_, k)| k.domain() == Some(domain))
-            .map(|(i, _)| i as u64 + 1)
+            .filter(|(_, n)| n.key.domain() == Some(domain))
+            .map(|(&ino, _)| ino)
             .collect()
     }
 
@@ -108,8 +164,8 @@ impl InodeTable {
     /// as a renamed file does, so the kernel's moved dentries stay valid.
     pub fn rename_snapshot(&self, domain: &str, old: &str, new: &str) {
         let mut inner = self.inner.lock();
-        let Inner { by_key, by_ino } = &mut *inner;
-        for (index, key) in by_ino.iter_mut().enumerate() {
+        let Inner { by_key, by_ino, .. } = &mut *inner;
+        for (&ino, Node { key, .. }) in by_ino.iter_mut() {
             let renamed = match key {
                 NodeKey::Snapshot(d, s) if d == domain && s == old => {
                     NodeKey::Snapshot(d.clone(), new.to_string())
@@ -129,14 +185,13 @@ impl InodeTable {
                 _ => continue,
             };
             by_key.remove(key);
-            by_key.insert(renamed.clone(), index as u64 + 1);
+            by_key.insert(renamed.clone(), ino);
             *key = renamed;
         }
     }
 
     pub fn key(&self, ino: u64) -> Option<NodeKey> {
-        let index = usize::try_from(ino.checked_sub(1)?).ok()?;
-        self.inner.lock().by_ino.get(index).cloned()
+        self.inner.lock().by_ino.get(&ino).map(|n| n.key.clone())
     }
 }
 
@@ -149,6 +204,30 @@ impl Default for InodeTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_nodes_are_dropped_when_the_kernel_forgets_them_and_never_renumbered() {
+        let t = InodeTable::new();
+        let guest = NodeKey::Guest("d".into(), Some("s".into()), "vda1".into(), 12);
+        let snap = t.ino(&NodeKey::Snapshot("d".into(), "s".into()));
+        let g = t.ino(&guest);
+        t.looked_up(g);
+        t.looked_up(g);
+        t.forget(g, 1);
+        assert_eq!(t.key(g), Some(guest.clone()), "still held once");
+        t.forget(g, 1);
+        assert_eq!(t.key(g), None, "forgotten");
+        let again = t.ino(&guest);
+        assert!(
+            again > g,
+            "a new number, never an old one: {again} after {g}"
+        );
+        // The mount's own nodes are kept whatever the kernel forgets.
+        t.looked_up(snap);
+        t.forget(snap, 5);
+        assert_eq!(t.key(snap), Some(NodeKey::Snapshot("d".into(), "s".into())));
+        assert_eq!(t.held(), 3);
+    }
 
     #[test]
     fn inodes_are_stable_and_distinct() {

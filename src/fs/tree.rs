@@ -370,6 +370,17 @@ impl VirtSnapFs {
         self.attr_of(&child)
     }
 
+    /// The kernel got `ino` from a lookup reply (it will FORGET it later).
+    pub fn looked_up(&self, ino: u64) {
+        self.inodes.looked_up(ino);
+    }
+
+    /// The kernel dropped `count` lookups of `ino`: a guest node it no longer holds is
+    /// forgotten here too, so walking a large guest tree does not grow the daemon for good.
+    pub fn forget(&self, ino: u64, count: u64) {
+        self.inodes.forget(ino, count);
+    }
+
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         let key = self.key(ino)?;
         self.attr_of(&key)
