@@ -10,13 +10,14 @@
 #   VSFS_HARNESS_OFFLINE  cycles offline, per side (default 200)
 #   VSFS_HARNESS_RUNNING  cycles running, per side (default 10)
 #   VSFS_HARNESS_TURNS    alternating turns per side, medians compared (default 3)
+#   VSFS_BIN              the virtsnapfs binary (default: target/release, built first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 W=/var/lib/libvirt/images/vsfs-harness-bench
 URI=qemu:///system
 MNT=$W/mnt
-BIN=$PWD/target/release/virtsnapfs
+BIN=${VSFS_BIN:-$PWD/target/release/virtsnapfs}
 OFFLINE=${VSFS_HARNESS_OFFLINE:-200}
 RUNNING=${VSFS_HARNESS_RUNNING:-10}
 TURNS=${VSFS_HARNESS_TURNS:-3}
@@ -24,15 +25,19 @@ virsh() { command virsh -q -c "$URI" "$@"; }
 log() { echo "harness-bench: $*" >&2; }
 now() { date +%s.%N; }
 
-cargo build --release --quiet
+[ -n "${VSFS_BIN:-}" ] || cargo build --release --quiet
 rm -rf "$W"
 mkdir -p "$W" "$MNT"
 DAEMON=
 cleanup() {
+  # Domains first: libvirt starts QEMU in a mount namespace of its own, which holds a copy of
+  # the mount (on a host whose mounts do not propagate) until QEMU exits.
+  for d in hb-offline hb-running; do
+    virsh destroy "$d" >/dev/null 2>&1 || true
+  done
   fusermount3 -u -z "$MNT" 2>/dev/null || true
   [ -n "$DAEMON" ] && wait "$DAEMON" 2>/dev/null || true
   for d in hb-offline hb-running; do
-    virsh destroy "$d" >/dev/null 2>&1 || true
     virsh undefine "$d" --snapshots-metadata >/dev/null 2>&1 || true
   done
   rm -rf "$W"
