@@ -322,6 +322,17 @@ impl Dirty {
     /// synced: `sync -f` would also write the blocks to their home locations, and then the
     /// image would not need its journal to show them.
     fn new(mkfs_cmd: &str, args: &[&str], extra_rounds: usize) -> Dirty {
+        for attempt in 1..=DIRTY_ATTEMPTS {
+            let d = Dirty::new_once(mkfs_cmd, args, extra_rounds);
+            if !unreplayed_root_has(&d.s.path("dirty.raw"), "late") {
+                return d;
+            }
+            eprintln!("{mkfs_cmd} {args:?}: the last step reached its home blocks before the copy (attempt {attempt}); starting over");
+        }
+        panic!("{mkfs_cmd} {args:?}: the last step reached its home blocks before the copy {DIRTY_ATTEMPTS} times");
+    }
+
+    fn new_once(mkfs_cmd: &str, args: &[&str], extra_rounds: usize) -> Dirty {
         let s = GuestScratch::new(TreeOptions {
             big_sparse: false,
             big_dir_entries: 200,

@@ -640,7 +640,30 @@ impl GuestScratch {
 /// Makes `name` in `s`: an ext4 image of `size` filled from `s.tree()` that was mounted
 /// read-write, written, and copied while still mounted: its journal needs recovery (the last
 /// writes, a rename and deletions, committed by the journal's timer but not synced).
+/// Whether the root directory of `img`, read by debugfs without replaying its journal, has
+/// an entry `name`. A dirty image made by copying a mounted filesystem is only what a test
+/// wants when its last writes are in the journal and not yet at their home locations; under
+/// load the kernel may write them home before the copy, so the recipes check and start over.
+pub fn unreplayed_root_has(img: &Path, name: &str) -> bool {
+    let out = sh("debugfs", &["-R", "ls /", p(img)]);
+    out.split_whitespace().any(|w| w == name)
+}
+
+/// How often a dirty-image recipe starts over when the kernel wrote its last step home.
+pub const DIRTY_ATTEMPTS: usize = 6;
+
 pub fn dirty_image(s: &GuestScratch, name: &str, size: &str) -> PathBuf {
+    for attempt in 1..=DIRTY_ATTEMPTS {
+        let dirty = dirty_image_once(s, name, size);
+        if !unreplayed_root_has(&dirty, "late") {
+            return dirty;
+        }
+        eprintln!("dirty image {name}: the last step reached its home blocks before the copy (attempt {attempt}); starting over");
+    }
+    panic!("dirty image {name}: the last step reached its home blocks before the copy {DIRTY_ATTEMPTS} times");
+}
+
+fn dirty_image_once(s: &GuestScratch, name: &str, size: &str) -> PathBuf {
     let img = s.path(&format!("{name}.clean-start.raw"));
     mkfs("mkfs.ext4", &[], &s.tree(), &img, size);
     let m = s.path(&format!("{name}.mnt"));
