@@ -95,11 +95,10 @@ pub fn parse_options(lists: &[String]) -> Result<MountOptions, String> {
             ("subtype", Some(v)) => o.fuse[1] = MountOption::CUSTOM(format!("subtype={v}")),
             ("ro", None) => o.fuse.push(MountOption::RO),
             ("rw", None) => o.fuse.push(MountOption::RW),
-            ("dev" | "suid", None) => {
-                return Err(format!(
-                    "option {name} refused: files/ shows guests' device nodes and setuid programs, which the mount never honours (it is always nodev,nosuid)"
-                ))
-            }
+            // mount.fuse3 passes dev,suid for root's fstab mounts: accepted, never honoured.
+            ("dev" | "suid", None) => log::info!(
+                "option {name} ignored: files/ shows guests' device nodes and setuid programs, so the mount is always nodev,nosuid"
+            ),
             ("nodev" | "nosuid", None) => {}
             ("exec", None) => o.fuse.push(MountOption::Exec),
             ("noexec", None) => o.fuse.push(MountOption::NoExec),
@@ -442,10 +441,12 @@ mod tests {
             assert!(o.fuse.contains(&MountOption::NoDev), "{:?}", o.fuse);
             assert!(o.fuse.contains(&MountOption::NoSuid), "{:?}", o.fuse);
         }
-        for refused in ["dev", "suid", "allow_other,dev"] {
-            let e = parse_options(&[refused.into()]).unwrap_err();
-            assert!(e.contains("nodev,nosuid"), "{refused}: {e}");
-        }
+        // mount.fuse3 passes dev,suid for root: accepted, and still nodev,nosuid.
+        let o = parse_options(&["allow_other,dev,suid".into()]).unwrap();
+        assert!(o.fuse.contains(&MountOption::NoDev), "{:?}", o.fuse);
+        assert!(o.fuse.contains(&MountOption::NoSuid), "{:?}", o.fuse);
+        assert!(!o.fuse.contains(&MountOption::Dev), "{:?}", o.fuse);
+        assert!(!o.fuse.contains(&MountOption::Suid), "{:?}", o.fuse);
     }
 
     #[test]
