@@ -16,20 +16,7 @@ use std::sync::Arc;
 use virtsnapfs::guest::{self, FileKind, GuestAttr, GuestFs, WalkLimits};
 use virtsnapfs::source::{ByteSource, FileSource};
 
-/// Runs a command; panics with its output when it fails. Returns stdout.
-pub fn sh(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e} (run scripts/setup-host.sh)"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+pub use super::vm::sh;
 
 fn p(path: &Path) -> &str {
     path.to_str().expect("test paths are UTF-8")
