@@ -310,6 +310,22 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
+        // A failing test loses its temporary directory: keep the daemon's log and show its end.
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let kept = std::env::temp_dir().join(format!(
+                "vsfs-failed-mount-{}-{}.log",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::write(&kept, &text);
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!(
+                "daemon log kept in {}; its last lines:\n{}",
+                kept.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
