@@ -121,6 +121,30 @@ impl VirtSnapFs {
         self.attr_of(&NodeKey::Snapshot(domain, snapshot))
     }
 
+    /// The snapshot `name` that snapshot directory `dir` (a snapshot or `snapshots/`) lists:
+    /// (domain, snapshot, the domain's model). `not_a_snapshot_dir` is the error for any other
+    /// directory, `not_listed(domain, snapshot)` for a name the directory does not list.
+    fn listed_snapshot(
+        &self,
+        dir: &NodeKey,
+        name: &OsStr,
+        not_a_snapshot_dir: impl FnOnce() -> FsError,
+        not_listed: impl FnOnce(&str, &str) -> FsError,
+    ) -> Result<(String, String, Arc<DomainModel>), FsError> {
+        let Some((domain, parent_name)) = Self::snapshot_dir(dir) else {
+            return Err(not_a_snapshot_dir());
+        };
+        let snapshot = Self::decode_name(name)?;
+        let model = self.domain(&domain)?;
+        if !model
+            .children(parent_name.as_deref())
+            .any(|s| s.name == snapshot)
+        {
+            return Err(not_listed(&domain, &snapshot));
+        }
+        Ok((domain, snapshot, model))
+    }
+
     /// rename: a snapshot onto `live` reverts to it; within its directory, renames it.
     pub fn rename(
         &self,
@@ -131,24 +155,23 @@ impl VirtSnapFs {
     ) -> Result<(), FsError> {
         let from = self.key(parent)?;
         let to = self.key(new_parent)?;
-        let Some((domain, parent_name)) = Self::snapshot_dir(&from) else {
-            return Err(fs_err!(
-                NotPermitted,
-                "rename in {}: only snapshot directories can be moved (onto DOMAIN/live to revert, or renamed in place)",
-                self.describe(&from)
-            ));
-        };
-        let snapshot = Self::decode_name(name)?;
-        let model = self.domain(&domain)?;
-        if !model
-            .children(parent_name.as_deref())
-            .any(|s| s.name == snapshot)
-        {
-            return Err(fs_err!(
-                NotPermitted,
-                "rename {snapshot}: only snapshot directories can be moved (onto DOMAIN/live to revert, or renamed in place)"
-            ));
-        }
+        let (domain, snapshot, model) = self.listed_snapshot(
+            &from,
+            name,
+            || {
+                fs_err!(
+                    NotPermitted,
+                    "rename in {}: only snapshot directories can be moved (onto DOMAIN/live to revert, or renamed in place)",
+                    self.describe(&from)
+                )
+            },
+            |_, snapshot| {
+                fs_err!(
+                    NotPermitted,
+                    "rename {snapshot}: only snapshot directories can be moved (onto DOMAIN/live to revert, or renamed in place)"
+                )
+            },
+        )?;
         let new = new_name.to_str().unwrap_or_default();
         let extra = vec![
             (parent, name.to_os_string()),
@@ -204,24 +227,18 @@ impl VirtSnapFs {
             );
             return Ok(());
         }
-        let Some((domain, parent_name)) = Self::snapshot_dir(&key) else {
-            return Err(fs_err!(
-                NotPermitted,
-                "rmdir in {}: only snapshot directories can be removed",
-                self.describe(&key)
-            ));
-        };
-        let snapshot = Self::decode_name(name)?;
-        let model = self.domain(&domain)?;
-        if !model
-            .children(parent_name.as_deref())
-            .any(|s| s.name == snapshot)
-        {
-            return Err(fs_err!(
-                NotFound,
-                "domain {domain}: no snapshot {snapshot} here"
-            ));
-        }
+        let (domain, snapshot, model) = self.listed_snapshot(
+            &key,
+            name,
+            || {
+                fs_err!(
+                    NotPermitted,
+                    "rmdir in {}: only snapshot directories can be removed",
+                    self.describe(&key)
+                )
+            },
+            |domain, snapshot| fs_err!(NotFound, "domain {domain}: no snapshot {snapshot} here"),
+        )?;
         let readers = self.stop_snapshot_readers(&domain, &snapshot);
         self.operate(
             &domain,
