@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::vm::{convert, p, same_bytes, sh, sh_fails, Mount, TestDomain};
+use common::vm::{convert, p, same_bytes, sh, sh_fails, virsh, Mount, TestDomain};
 
 fn qemu_img(args: &[&str]) {
     sh("qemu-img", args);
@@ -263,4 +263,74 @@ fn a_broken_chain_that_reaches_an_image_blocks_what_would_rewrite_it() {
     assert_eq!(dom.live_source("vda"), over, "not merged");
     assert!(mount.log_text().contains("images kept, not merged"));
     drop(base_reader);
+}
+
+/// A neighbour whose snapshots come and go while an operation's dependency scan reads it (a
+/// test suite tearing its domains down, an admin's script) never fails that operation: a
+/// snapshot deleted between libvirt's listing and the reading of its XML means the listing is
+/// out of date, and the domain is read again.
+#[test]
+fn a_neighbour_whose_snapshots_come_and_go_never_fails_an_operation() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let busy = TestDomain::new("churn", "1M");
+    let names: Vec<String> = (0..12).map(|i| format!("s{i}")).collect();
+    for n in &names {
+        busy.snapshot(n, &[]);
+    }
+    let xml: Vec<(String, std::path::PathBuf)> = names
+        .iter()
+        .map(|n| {
+            let file = busy.path(&format!("{n}.xml"));
+            std::fs::write(&file, virsh(&["snapshot-dumpxml", &busy.name, n])).unwrap();
+            (n.clone(), file)
+        })
+        .collect();
+    let stop = AtomicBool::new(false);
+    let dom = TestDomain::new("beside-churn", "4M");
+    let mount = Mount::new(&["snapshot_kind=external"]);
+    let churned = std::thread::scope(|scope| {
+        let churn = scope.spawn(|| {
+            // Each snapshot's metadata deleted and defined again, round and round.
+            let mut rounds = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for (n, file) in &xml {
+                    virsh(&["snapshot-delete", &busy.name, n, "--metadata"]);
+                    virsh(&["snapshot-create", &busy.name, s(file), "--redefine"]);
+                }
+                rounds += 1;
+            }
+            rounds
+        });
+        // Every rmdir of an external snapshot scans every domain before it merges.
+        for cycle in 0..cycles_beside_churn() {
+            let made = p(&mount, &dom, "snapshots/t");
+            sh("mkdir", &[&made]);
+            dom.write_live(&format!("write -P {} 0 64k", cycle % 250 + 1));
+            let out = std::process::Command::new("rmdir")
+                .arg(&made)
+                .output()
+                .unwrap();
+            if !out.status.success() {
+                stop.store(true, Ordering::Relaxed);
+                panic!(
+                    "cycle {cycle}: rmdir failed: {}\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    mount.log_text()
+                );
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        churn.join().unwrap()
+    });
+    assert!(churned > 0, "the neighbour's snapshots never changed");
+    assert_eq!(virsh(&["snapshot-list", &dom.name, "--name"]).trim(), "");
+    assert_eq!(dom.live_source("vda"), dom.path("vda.qcow2"));
+}
+
+/// How many mkdir/rmdir cycles run beside the churning neighbour.
+fn cycles_beside_churn() -> usize {
+    std::env::var("VSFS_CHURN_CYCLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40)
 }

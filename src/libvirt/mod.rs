@@ -132,9 +132,42 @@ fn classify(e: &virt::error::Error) -> BackendErrorKind {
     }
 }
 
+/// Times a domain is read again because a snapshot vanished while it was read.
+const LOAD_ATTEMPTS: u32 = 10;
+
 /// Reads domain `name`; a snapshot `known` has is taken from it instead (see
-/// `Backend::load_domain_reusing`).
+/// `Backend::load_domain_reusing`). A snapshot deleted between libvirt's listing and the
+/// reading of its XML (another client at work: a script, a test suite tearing its domains
+/// down) makes the listing out of date, not the domain unreadable: it is read again.
 fn load(
+    conn: &Connect,
+    name: &str,
+    known: Option<&DomainModel>,
+) -> Result<DomainModel, virt::error::Error> {
+    let mut attempt = 1;
+    loop {
+        match load_once(conn, name, known) {
+            Err(e)
+                if attempt < LOAD_ATTEMPTS
+                    && matches!(
+                        e.code(),
+                        virt::enumutil::Enum::Known(virt::error::ErrorNumber::NoDomainSnapshot)
+                    ) =>
+            {
+                log::debug!(
+                    "domain {name}: a snapshot vanished while it was read ({}); reading it again",
+                    e.message()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10 * u64::from(attempt)));
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// One reading of domain `name` (see [`load`]).
+fn load_once(
     conn: &Connect,
     name: &str,
     known: Option<&DomainModel>,
