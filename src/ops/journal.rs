@@ -152,6 +152,21 @@ pub fn pause_point(step: &str) {
 mod tests {
     use super::*;
 
+    /// `pending()` once it lists `n` records, or after two seconds whatever it lists. A lock
+    /// is released only when every copy of its file descriptor is closed, and a process that
+    /// another test spawns holds copies of this one's between its fork and its exec.
+    fn pending_when(j: &Journal, n: usize) -> Vec<(PathBuf, std::fs::File, Result<Value, String>)> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let pending = j.pending();
+            if pending.len() == n || std::time::Instant::now() > deadline {
+                return pending;
+            }
+            drop(pending);
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     #[test]
     fn records_survive_until_done() {
         let dir = tempfile::tempdir().unwrap();
@@ -163,13 +178,13 @@ mod tests {
         assert!(j.pending().is_empty());
         drop(a);
         drop(b);
-        let pending = j.pending();
+        let pending = pending_when(&j, 2);
         assert_eq!(pending.len(), 2);
         assert_eq!(pending[0].2.as_ref().unwrap()["op"], "x");
         drop(pending);
         let c = j.record(&serde_json::json!({"op": "z"})).unwrap();
         c.done();
-        assert_eq!(j.pending().len(), 2);
+        assert_eq!(pending_when(&j, 2).len(), 2);
         std::fs::write(dir.path().join("journal/bad.json"), "{").unwrap();
         assert!(j.pending().iter().any(|(_, _, v)| v.is_err()));
     }
