@@ -507,7 +507,10 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    /// Nothing is buffered for writing, so there is nothing to flush.
+    /// Nothing is buffered for writing, so there is nothing to flush, and no file takes
+    /// locks that a close would drop. ENOSYS makes the kernel stop sending flush for the
+    /// whole mount: every close() of a file costs one round trip less (a warm `tar` of a guest
+    /// tree makes one close per file).
     fn flush(
         &self,
         _req: &Request,
@@ -516,7 +519,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        reply.error(Errno::from_i32(libc::ENOSYS));
     }
 
     /// Guest files have the guest's extended attributes; every other node has none
