@@ -90,7 +90,7 @@ pub(super) struct DiskKey {
 struct Opened {
     /// The chain and the snapshot's creation time; for `live/`, the chain and the domain's
     /// change counter.
-    stamp: String,
+    stamp: Stamp,
     at: Instant,
     /// `live/` only: the chain's files and their (mtime, size) when opened.
     files: Vec<PathBuf>,
@@ -109,6 +109,15 @@ impl Opened {
             checked: Mutex::new(*self.checked.lock()),
         }
     }
+}
+
+/// What a view was opened from: compared on every request that reaches a guest file, so
+/// it is compared field by field, never formatted.
+#[derive(Clone, PartialEq, Eq)]
+struct Stamp {
+    chain: crate::image::ChainSpec,
+    /// The snapshot's creation time, or for `live/` the domain's change counter.
+    version: i128,
 }
 
 /// The volumes of one disk that hold a filesystem this layer reads.
@@ -212,11 +221,20 @@ impl Place {
         }
     }
 
-    fn stamp(&self, disk: &DiskModel) -> String {
-        match self.counter {
-            Some(c) => format!("{:?}|{c}", disk.chain),
-            None => format!("{:?}|{}", disk.chain, self.created),
+    fn stamp(&self, disk: &DiskModel) -> Stamp {
+        Stamp {
+            chain: disk.chain.clone(),
+            version: self.version(),
         }
+    }
+
+    fn version(&self) -> i128 {
+        self.counter.map_or(i128::from(self.created), i128::from)
+    }
+
+    /// Whether `stamp` is what `disk` of this place would be stamped with now.
+    fn stamped(&self, stamp: &Stamp, disk: &DiskModel) -> bool {
+        stamp.chain == disk.chain && stamp.version == self.version()
     }
 
     fn disk_key(&self, target: &str) -> DiskKey {
@@ -332,8 +350,8 @@ impl VirtSnapFs {
     }
 
     /// Whether what was opened as `opened` still shows the disk.
-    fn still_fresh(&self, opened: &Opened, stamp: &str, place: &Place) -> bool {
-        if opened.stamp != stamp {
+    fn still_fresh(&self, opened: &Opened, disk: &DiskModel, place: &Place) -> bool {
+        if !place.stamped(&opened.stamp, disk) {
             return false;
         }
         if place.counter.is_none() {
@@ -400,9 +418,8 @@ impl VirtSnapFs {
     /// filesystem opened on the way is kept as a view. Logs what was found.
     fn scan_disk(&self, place: &Place, disk: &DiskModel) -> Result<Arc<DiskScan>, FsError> {
         let key = place.disk_key(&disk.target);
-        let stamp = place.stamp(disk);
         if let Some(scan) = self.guest.scans.lock().get(&key).cloned() {
-            if self.still_fresh(&scan.opened, &stamp, place) {
+            if self.still_fresh(&scan.opened, disk, place) {
                 return Ok(scan);
             }
         }
@@ -461,7 +478,7 @@ impl VirtSnapFs {
             }
             let key = (place.disk_key(&disk.target), volume.to_string());
             if let Some(view) = self.guest.views.lock().get(&key).cloned() {
-                if self.still_fresh(&view.opened, &place.stamp(disk), place) {
+                if self.still_fresh(&view.opened, disk, place) {
                     return Ok(view);
                 }
             }
