@@ -8,20 +8,16 @@
 #
 #   VSFS_BENCH_DIR  work directory (default /var/lib/libvirt/images/vsfs-bench), removed after
 #   VSFS_BENCH_KEEP=1  keep images between runs (faster re-runs)
+#   VIRTSNAPFS_BIN  the binary to measure (default target/release/virtsnapfs, built here)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 W=${VSFS_BENCH_DIR:-/var/lib/libvirt/images/vsfs-bench}
 URI=qemu:///system
 MNT=$W/mnt
-BIN=$PWD/target/release/virtsnapfs
 PREFIX=vsfs-bench
-virsh() { command virsh -q -c "$URI" "$@"; }
-log() { echo "bench: $*" >&2; }
-now() { date +%s.%N; }
-drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-
-cargo build --release --quiet
+BENCH=bench
+. benches/lib.sh
 mkdir -p "$W" "$MNT"
 
 QSD_PIDS=()
@@ -134,22 +130,6 @@ qsd_export "$W/c8-8.qcow2" c8
 qsd_export "$W/comp.qcow2" comp
 
 # ---- measurements ---------------------------------------------------------------------------
-RESULTS=()
-result() { # name ours reference unit goal-ratio(- for a context row) direction(ge|le)
-  local ratio pass goal
-  ratio=$(awk -v a="$2" -v b="$3" 'BEGIN { printf "%.2f", a / b }')
-  if [ "$5" = - ]; then
-    pass=""; goal="(context, no goal)"
-  elif [ "$6" = ge ]; then
-    pass=$(awk -v r="$ratio" -v g="$5" 'BEGIN { print (r >= g) ? "PASS" : "FAIL" }')
-    goal="goal >= ${5}x"
-  else
-    pass=$(awk -v r="$ratio" -v g="$5" 'BEGIN { print (r <= g) ? "PASS" : "FAIL" }')
-    goal="goal <= ${5}x"
-  fi
-  RESULTS+=("$(printf '%-50s %12s %12s %-6s %6sx  %s  %s' "$1" "$2" "$3" "$4" "$ratio" "$goal" "$pass")")
-  log "$1: $2 vs $3 $4 (ratio $ratio)"
-}
 seq_read() { # file [dd flag] -> MB/s, 1 MiB reads
   local t0 t1 bytes
   t0=$(now)
@@ -163,7 +143,6 @@ rand_iops() { # file -> IOPS, 4 readers of 4 KiB, O_DIRECT
     python3 -c 'import json,sys; print(int(json.load(sys.stdin)["jobs"][0]["read"]["iops"]))'
 }
 
-median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 medians() { # ours-list ref-list (one string each) -> "ours-median ref-median"
   echo "$(printf '%s\n' $1 | median) $(printf '%s\n' $2 | median)"
 }
@@ -342,5 +321,4 @@ done
 
 echo
 echo "virtsnapfs benchmark, $(date -u +%F), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -r)"
-printf '%-50s %12s %12s %-6s %7s\n' "measure" "virtsnapfs" "reference" "unit" "ratio"
-for r in "${RESULTS[@]}"; do echo "$r"; done
+print_results

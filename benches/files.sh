@@ -26,18 +26,9 @@ AMNT=$W/mnt-a       # (a) kernel ext4 over our vda.raw
 BMNT=$W/mnt-b       # (b) kernel ext4 over a local raw copy
 GMNT=$W/mnt-g       # (c) guestmount
 TURNS=5
-virsh() { command virsh -q -c "$URI" "$@"; }
-log() { echo "files-bench: $*" >&2; }
-now() { date +%s.%N; }
-drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+BENCH=files-bench
+. benches/lib.sh
 mounted() { grep -q " $1 " /proc/mounts; }
-
-if [ -n "${VIRTSNAPFS_BIN:-}" ]; then
-  BIN=$VIRTSNAPFS_BIN
-else
-  cargo build --release --quiet
-  BIN=$PWD/target/release/virtsnapfs
-fi
 mkdir -p "$W" "$MNT" "$FRESH" "$AMNT" "$BMNT" "$GMNT"
 
 LOOPS=()
@@ -199,24 +190,6 @@ ADEV=$(loop_mount "$MNT/$D/$VIEW/vda.raw" "$AMNT"); LOOPS+=("$ADEV")
 BDEV=$(loop_mount "$W/local.raw" "$BMNT"); LOOPS+=("$BDEV")
 
 # ---- measurements ---------------------------------------------------------------------------
-RESULTS=()
-result() { # name ours reference unit goal-ratio(- for a context row) direction(ge|le)
-  local ratio pass goal
-  ratio=$(awk -v a="$2" -v b="$3" 'BEGIN { printf "%.2f", a / b }')
-  if [ "$5" = - ]; then
-    pass=""; goal="(context, no goal)"
-  elif [ "$6" = ge ]; then
-    pass=$(awk -v r="$ratio" -v g="$5" 'BEGIN { print (r >= g) ? "PASS" : "FAIL" }')
-    goal="goal >= ${5}x"
-  else
-    pass=$(awk -v r="$ratio" -v g="$5" 'BEGIN { print (r <= g) ? "PASS" : "FAIL" }')
-    goal="goal <= ${5}x"
-  fi
-  RESULTS+=("$(printf '%-46s %12s %12s %-9s %6sx  %s  %s' "$1" "$2" "$3" "$4" "$ratio" "$goal" "$pass")")
-  log "$1: $2 vs $3 $4 (ratio $ratio)"
-}
-note() { RESULTS+=("$*"); log "$*"; }
-median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
 # One timed run of a workload in DIR: prints "rate count" (entries/s for find, MB/s for tar),
 # and keeps the count to check that every side saw the same tree.
@@ -393,5 +366,4 @@ echo
 echo "virtsnapfs guest-files benchmark, $(date -u +%F), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -r)"
 echo "tree: $ENTRIES entries, tar of $((TARBYTES >> 20)) MiB, ext4 on GPT partition 1 in base.qcow2 + overlay; medians of $TURNS turns"
 echo "through $VIEW/files/vda1; (a) kernel ext4 on a read-only loop device over virtsnapfs's $VIEW/vda.raw; (b) the same over a local raw copy"
-printf '%-46s %12s %12s %-9s %7s\n' "measure" "virtsnapfs" "reference" "unit" "ratio"
-for r in "${RESULTS[@]}"; do echo "$r"; done
+print_results

@@ -10,22 +10,18 @@
 #   VSFS_HARNESS_OFFLINE  cycles offline, per side (default 200)
 #   VSFS_HARNESS_RUNNING  cycles running, per side (default 10)
 #   VSFS_HARNESS_TURNS    alternating turns per side, medians compared (default 3)
-#   VSFS_BIN              the virtsnapfs binary (default: target/release, built first)
+#   VIRTSNAPFS_BIN        the virtsnapfs binary (default: target/release, built first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 W=/var/lib/libvirt/images/vsfs-harness-bench
 URI=qemu:///system
 MNT=$W/mnt
-BIN=${VSFS_BIN:-$PWD/target/release/virtsnapfs}
 OFFLINE=${VSFS_HARNESS_OFFLINE:-200}
 RUNNING=${VSFS_HARNESS_RUNNING:-10}
 TURNS=${VSFS_HARNESS_TURNS:-3}
-virsh() { command virsh -q -c "$URI" "$@"; }
-log() { echo "harness-bench: $*" >&2; }
-now() { date +%s.%N; }
-
-[ -n "${VSFS_BIN:-}" ] || cargo build --release --quiet
+BENCH=harness-bench
+. benches/lib.sh
 rm -rf "$W"
 mkdir -p "$W" "$MNT"
 DAEMON=
@@ -88,26 +84,20 @@ loop() { # domain writer reverter cycles -> cycles per second
   FAILED=$((FAILED + fails))
   awk -v a="$t0" -v b="$t1" -v n="$4" 'BEGIN { printf "%.2f\n", n / (b - a) }'
 }
-median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
-printf '%-46s %10s %10s %8s\n' measure virtsnapfs "virsh" ratio
 row() { # name domain writer cycles
   local ours=() ref=()
   for _ in $(seq "$TURNS"); do
     ours+=("$(loop "$2" "$3" revert_mount "$4")")
     ref+=("$(loop "$2" "$3" revert_virsh "$4")")
   done
-  local o r
-  o=$(printf '%s\n' "${ours[@]}" | median)
-  r=$(printf '%s\n' "${ref[@]}" | median)
-  awk -v n="$1" -v o="$o" -v r="$r" 'BEGIN {
-    ratio = o / r
-    printf "%-46s %10.2f %10.2f %7.2fx  goal >= 1.0x  %s\n", n, o, r, ratio, (ratio >= 1.0 ? "PASS" : "FAIL")
-  }'
+  result "$1" "$(printf '%s\n' "${ours[@]}" | median)" "$(printf '%s\n' "${ref[@]}" | median)" \
+    cycles/s 1.0 ge
 }
 log "offline: $TURNS turns of $OFFLINE cycles per side; running: $TURNS turns of $RUNNING"
 row "harness cycles/s, offline (write 1M + revert)" hb-offline write_offline "$OFFLINE"
 row "harness cycles/s, running (write 1M + revert)" hb-running write_running "$RUNNING"
+print_results
 if [ "$FAILED" -ne 0 ]; then
   log "$FAILED cycles failed:"
   sort "$W/errors" | uniq -c >&2
