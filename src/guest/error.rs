@@ -57,6 +57,56 @@ pub enum CorruptKind {
     #[error("GPT partition extends past the end of the disk")]
     GptPartitionRange,
 
+    // LVM2 physical volumes and their metadata.
+    #[error("LVM label checksum mismatch")]
+    LvmLabelChecksum,
+    #[error("LVM label sector number or header offset is invalid")]
+    LvmLabelSector,
+    #[error("LVM PV header area lists are malformed")]
+    LvmPvHeader,
+    #[error("LVM metadata area header checksum mismatch")]
+    LvmMdaHeaderChecksum,
+    #[error("LVM metadata area header is invalid (magic, version, start or size)")]
+    LvmMdaHeader,
+    #[error("LVM metadata location lies outside its metadata area")]
+    LvmRawLocation,
+    #[error("LVM metadata text is larger than 4 MiB")]
+    LvmMetadataSize,
+    #[error("LVM metadata text checksum mismatch")]
+    LvmMetadataChecksum,
+    #[error("LVM metadata text has a syntax error")]
+    LvmTextSyntax,
+    #[error("LVM metadata text nests sections too deeply")]
+    LvmTextDepth,
+    #[error("LVM metadata text has too many items")]
+    LvmTextTooLarge,
+    #[error("LVM metadata text has an unterminated string")]
+    LvmTextString,
+    #[error("LVM metadata text has an integer out of range")]
+    LvmTextNumber,
+    #[error("LVM metadata has no single volume group section")]
+    LvmVgSection,
+    #[error("LVM volume group id, seqno or physical_volumes is missing or invalid")]
+    LvmVgField,
+    #[error("LVM volume group extent size is zero or too large")]
+    LvmExtentSize,
+    #[error("LVM physical volume entry is invalid (id, pe_start or pe_count)")]
+    LvmPvEntry,
+    #[error("LVM volume group or logical volume name is invalid or repeated")]
+    LvmName,
+    #[error("LVM volume group has too many PVs, LVs or segments")]
+    LvmTooMany,
+    #[error("LVM segment is invalid (extents, stripe count or stripe list)")]
+    LvmSegment,
+    #[error("LVM segments of a logical volume leave a gap or overlap")]
+    LvmSegmentOrder,
+    #[error("LVM stripe size is zero or does not divide the stripe length")]
+    LvmStripeSize,
+    #[error("LVM segment maps extents past the end of its physical volume")]
+    LvmExtentRange,
+    #[error("LVM extents are mapped by two logical volumes or segments")]
+    LvmExtentOverlap,
+
     // ext2/3/4 superblock.
     #[error("ext4 superblock magic is wrong")]
     SuperblockMagic,

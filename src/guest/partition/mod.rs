@@ -2,9 +2,11 @@
 //!
 //! A GPT (recognised by the 0xEE protective entry of its MBR) wins over the MBR, as in the
 //! kernel's `efi` checker, which runs before `msdos`. A disk without a partition table, or
-//! whose table lists nothing, is one volume named after the disk itself (`vda`).
+//! whose table lists nothing, is one volume named after the disk itself (`vda`). A volume that
+//! is an LVM2 physical volume is replaced by the logical volumes found on the disk ([`lvm`]).
 
 pub mod gpt;
+pub mod lvm;
 pub mod mbr;
 
 use std::io;
@@ -14,13 +16,16 @@ use crate::source::ByteSource;
 
 use super::GuestError;
 
-/// One place a filesystem may live: a partition or the whole disk.
+/// One place a filesystem may live: a partition, the whole disk or an LVM logical volume.
 pub struct Volume {
-    /// The Linux device name: `vda` (whole disk), `vda1`, `vda5`, `nvme0n1p1`.
+    /// The Linux device name: `vda` (whole disk), `vda1`, `vda5`, `nvme0n1p1`; for a logical
+    /// volume its device-mapper name (`vg-root`, `my--vg-lv`).
     pub name: String,
-    /// The partition number (1-based, logical partitions from 5), or `None` for the whole disk.
+    /// The partition number (1-based, logical partitions from 5), or `None` for the whole disk
+    /// and for logical volumes.
     pub number: Option<u32>,
-    /// Where the volume starts on the disk, in bytes.
+    /// Where the volume starts on the disk, in bytes (for a logical volume, where its first
+    /// extent is: its later extents may be elsewhere).
     pub start: u64,
     /// The volume's length in bytes.
     pub len: u64,
@@ -56,7 +61,7 @@ pub fn find_volumes(disk: Arc<dyn ByteSource>, disk_name: &str) -> Result<Vec<Vo
         None => Vec::new(),
     };
     if entries.is_empty() {
-        return Ok(vec![Volume {
+        return lvm::resolve(vec![Volume {
             name: disk_name.to_string(),
             number: None,
             start: 0,
@@ -70,16 +75,17 @@ pub fn find_volumes(disk: Arc<dyn ByteSource>, disk_name: &str) -> Result<Vec<Vo
     } else {
         ""
     };
-    Ok(entries
+    let partitions = entries
         .into_iter()
         .map(|e| Volume {
             name: format!("{disk_name}{sep}{}", e.number),
             number: Some(e.number),
             start: e.start,
             len: e.len,
-            source: Arc::new(PartitionWindow::new(disk.clone(), e.start, e.len)),
+            source: Arc::new(PartitionWindow::new(disk.clone(), e.start, e.len)) as _,
         })
-        .collect())
+        .collect();
+    lvm::resolve(partitions)
 }
 
 /// A window `[start, start + len)` over a disk. Reads past the window's end read zeros, never
