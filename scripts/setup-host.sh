@@ -18,6 +18,11 @@ PACKAGES=(
   # Guest-filesystem tests: sfdisk makes MBR and GPT disks, setfattr puts xattrs on the trees
   # mkfs -d copies (e2fsprogs gives mkfs.ext*, debugfs, dumpe2fs, e2fsck).
   fdisk attr
+  # LVM2 tests: pvcreate, vgcreate and vgcfgrestore make the physical volumes and metadata.
+  lvm2
+  # FAT tests: mkfs.vfat and fsck.fat make and check the images; mtools (mcopy, mdir, mattrib,
+  # mshowfat) fills them and is the oracle, as this kernel has no vfat module.
+  dosfstools mtools
   # fincore, with which tests count a file's cached pages (util-linux pulls it in on Debian 12;
   # named so the tests' need stays written down).
   util-linux-extra

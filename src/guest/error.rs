@@ -234,4 +234,48 @@ pub enum CorruptKind {
     JournalTagBlock,
     #[error("journal revoke block is malformed")]
     JournalRevoke,
+
+    // FAT12/16/32 (boot sector, allocation table, cluster chains, directories).
+    #[error("FAT bytes per sector is not a power of two from 512 to 4096")]
+    FatBytesPerSector,
+    #[error("FAT sectors per cluster is not a power of two")]
+    FatSectorsPerCluster,
+    #[error("FAT reserved sector count is zero")]
+    FatReservedSectors,
+    #[error("FAT count (number of allocation tables) is zero")]
+    FatCount,
+    #[error("FAT media descriptor byte is invalid")]
+    FatMedia,
+    #[error("FAT root directory entry count is invalid")]
+    FatRootEntries,
+    #[error("FAT allocation table size is zero or too small for the clusters")]
+    FatTableSize,
+    #[error("FAT total sector count is zero or smaller than the reserved area, tables and root")]
+    FatTotalSectors,
+    #[error("FAT cluster count is zero or more than FAT32 can address")]
+    FatClusterCount,
+    #[error("FAT boot sector fields disagree with the type its cluster count gives")]
+    FatTypeMismatch,
+    #[error("FAT32 root directory cluster is out of range")]
+    FatRootCluster,
+    #[error("FAT filesystem is larger than its device")]
+    FatDeviceTooSmall,
+    #[error("FAT cluster chain points past the last cluster of the volume")]
+    FatClusterRange,
+    #[error("FAT cluster chain reaches a free cluster")]
+    FatChainFree,
+    #[error("FAT cluster chain reaches a bad cluster")]
+    FatChainBad,
+    #[error("FAT cluster chain reaches a reserved cluster value")]
+    FatChainReserved,
+    #[error("FAT cluster chain loops (longer than the volume's cluster count)")]
+    FatChainLoop,
+    #[error("FAT cluster chain is shorter than the file's size")]
+    FatChainShort,
+    #[error("FAT directory is larger than 65536 entries (2 MiB)")]
+    FatDirTooLarge,
+    #[error("FAT directory's `..` does not lead to an entry naming it")]
+    FatDirParent,
+    #[error("FAT inode number does not name a live directory entry")]
+    FatInodeNumber,
 }

@@ -15,6 +15,8 @@
 //!   ext4/           ext2/ext3/ext4: superblock, group descriptors, inodes, extents, block
 //!                   maps, directories, symlinks, inline data, xattrs, checksums, and
 //!                   journal/ (JBD2 recovery, replayed in memory as a block overlay)
+//!   fat/            FAT12/FAT16/FAT32 with VFAT long names: boot sector, allocation table and
+//!                   cluster chains, directories, names, times; synthesized inode numbers
 //! ```
 //!
 //! A new format is a new folder implementing [`GuestFs`] plus one probe in
@@ -28,11 +30,13 @@
 //! filesystem's own ([`crate::cache::next_id`]), so all opened filesystems together stay
 //! within that one budget however many there are; what a filesystem holds itself besides is
 //! bounded per format and stated in its module ([`ext4`]: the superblock and the journal
-//! overlay, at most 24 bytes per journal block).
+//! overlay, at most 24 bytes per journal block; [`fat`]: its geometry and three maps of at most
+//! 65,536 entries each).
 #![forbid(unsafe_code)]
 
 pub mod error;
 pub mod ext4;
+pub mod fat;
 pub mod partition;
 
 mod bytes;
@@ -142,6 +146,9 @@ pub fn open_filesystem(
 ) -> Result<Option<Box<dyn GuestFs>>, GuestError> {
     if ext4::probe(dev.as_ref())? {
         return Ok(ext4::Ext4::open(dev, cache)?.map(|fs| Box::new(fs) as Box<dyn GuestFs>));
+    }
+    if fat::probe(dev.as_ref())? {
+        return Ok(Some(Box::new(fat::Fat::open(dev, cache)?)));
     }
     Ok(None)
 }
