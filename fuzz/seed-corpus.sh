@@ -96,4 +96,99 @@ truncate -s 0 gpt.raw && truncate -s 350k gpt.raw
 printf 'label: gpt\nstart=40, size=512, type=L\nstart=552, size=64, type=L\n' | sfdisk -q gpt.raw
 dd if=fs.raw of=gpt.raw bs=512 seek=40 conv=notrunc status=none
 seed guest_ext4 gpt.raw
+# guest_lvm: small LVM2 disks (needs root, loop devices and lvm2; this kernel needs no
+# device-mapper: the LVs are written into the metadata by vgcfgrestore). PVs of 1 MiB with a
+# 32 KiB metadata area and 16 KiB extents; a 256 KiB ext4 in each LV.
+mkdir -p "$root/guest_lvm"
+lvm_sys=$tmp/lvm-sys
+mkdir -p "$lvm_sys"
+lvm_loops=()
+lvm_vg=
+lvm_cleanup() {
+  [ -n "$lvm_vg" ] && LVM_SYSTEM_DIR=$lvm_sys lvm vgremove -ff -y "$lvm_vg" >/dev/null 2>&1 || true
+  for l in "${lvm_loops[@]}"; do
+    LVM_SYSTEM_DIR=$lvm_sys lvm pvremove -ff -y "$l" >/dev/null 2>&1 || true
+    losetup -d "$l" || true
+  done
+  lvm_loops=()
+  lvm_vg=
+}
+trap 'lvm_cleanup; rm -rf "$tmp"' EXIT
+lvm() {
+  LVM_SYSTEM_DIR=$lvm_sys LVM_SUPPRESS_FD_WARNINGS=1 command lvm "$@" >/dev/null 2>&1
+}
+# lvm_pv IMG OFFSET SIZE: a PV on a loop device over that byte range of IMG.
+lvm_pv() {
+  local l
+  l=$(losetup -f --show -o "$2" --sizelimit "$3" "$1")
+  lvm_loops+=("$l")
+  local accept=""
+  for x in "${lvm_loops[@]}"; do accept+="\"a|^$x\$|\", "; done
+  cat >"$lvm_sys/lvm.conf" <<CONF
+devices { filter = [ $accept"r|.*|" ] global_filter = [ $accept"r|.*|" ] use_devicesfile = 0 hints = "none" obtain_device_list_from_udev = 0 pv_min_size = 512 }
+backup { backup = 0 archive = 0 }
+activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }
+CONF
+  lvm pvcreate -y --metadatasize 32k --dataalignment 4k "$l"
+}
+# lvm_restore LVS: the VG's metadata with the logical_volumes block LVS added.
+lvm_restore() {
+  lvm vgcfgbackup -f "$tmp/vg.txt" "$lvm_vg"
+  python3 -c 'import sys; t=open(sys.argv[1]).read(); i=t.rindex("}"); open(sys.argv[1],"w").write(t[:i]+sys.argv[2]+t[i:])' "$tmp/vg.txt" "$1"
+  lvm vgcfgrestore --force -f "$tmp/vg.txt" "$lvm_vg"
+}
+lv() { # NAME SEGMENT-BODIES... (each "COUNT|BODY")
+  local name=$1 i=0 start=0 out
+  shift
+  out="$name { id = \"${name:0:1}aaaaa-aaaa-aaaa-aaaa-aaaa-aaaa-aaaaaa\" status = [\"READ\", \"WRITE\", \"VISIBLE\"] segment_count = $# "
+  for seg in "$@"; do
+    i=$((i + 1))
+    out+="segment$i { start_extent = $start extent_count = ${seg%%|*} ${seg#*|} } "
+    start=$((start + ${seg%%|*}))
+  done
+  echo "$out}"
+}
+lin() { echo "$1|type = \"striped\" stripe_count = 1 stripes = [\"$2\", $3]"; }
+# put IMG BYTE-OFFSET-OF-EXTENT-0 LV-KIB PE [KIB]: KIB KiB of fs.raw from LV-KIB to extent PE.
+put() { dd if=fs.raw of="$1" bs=1k skip="$3" seek=$(($2 / 1024 + $4 * 16)) count="${5:-16}" conv=notrunc status=none; }
+pe_start() { LVM_SYSTEM_DIR=$lvm_sys command lvm pvs --noheadings --units b --nosuffix -o pe_start "$1" 2>/dev/null | tr -d ' '; }
+
+# Whole disk: a linear LV of two segments (extents 20-27, then 0-7) and a striped one
+# (two stripes of 4 KiB chunks over extents 30-37 and 40-47).
+truncate -s 0 lvm-disk.raw && truncate -s 1M lvm-disk.raw
+lvm_vg=fz$$d
+lvm_pv lvm-disk.raw 0 1048576
+lvm vgcreate -s 16k "$lvm_vg" "${lvm_loops[0]}"
+lvm_restore "logical_volumes { $(lv root "$(lin 8 pv0 20)" "$(lin 8 pv0 0)") $(lv st "16|type = \"striped\" stripe_count = 2 stripe_size = 8 stripes = [\"pv0\", 30, \"pv0\", 40]") }"
+base=$(pe_start "${lvm_loops[0]}")
+cp --sparse=always lvm-disk.raw lvm-disk.out
+lvm_cleanup
+mv lvm-disk.out lvm-disk.raw
+for i in 0 1 2 3 4 5 6 7; do put lvm-disk.raw "$base" $((i * 16)) $((20 + i)); done
+for i in 8 9 10 11 12 13 14 15; do put lvm-disk.raw "$base" $((i * 16)) $((i - 8)); done
+for c in $(seq 0 63); do # chunk c of the striped LV: stripe c%2, row c/2
+  pe=$(( c % 2 == 0 ? 30 : 40 ))
+  dd if=fs.raw of=lvm-disk.raw bs=1k skip=$((c * 4)) seek=$((base / 1024 + pe * 16 + (c / 2) * 4)) count=4 conv=notrunc status=none
+done
+seed guest_lvm lvm-disk.raw
+
+# MBR: two PVs on partitions 1 and 2, an LV spanning both, and a thin pool and thin LV
+# (not read) beside it.
+truncate -s 0 lvm-mbr.raw && truncate -s 1600k lvm-mbr.raw
+printf 'label: dos\nstart=8, size=1536, type=8e\nstart=1544, size=1536, type=8e\n' | sfdisk -q lvm-mbr.raw
+lvm_vg=fz$$m
+lvm_pv lvm-mbr.raw 4096 786432
+lvm_pv lvm-mbr.raw 790528 786432
+lvm vgcreate -s 16k "$lvm_vg" "${lvm_loops[@]}"
+thin="$(lv pool "4|type = \"thin-pool\" metadata = \"pool_tmeta\" pool = \"pool_tdata\" transaction_id = 1 chunk_size = 128 discards = \"passdown\" zero_new_blocks = 1") $(lv thin "8|type = \"thin\" thin_pool = \"pool\" transaction_id = 0 device_id = 1")"
+hidden="pool_tmeta { id = \"Taaaaa-aaaa-aaaa-aaaa-aaaa-aaaa-aaaaaa\" status = [\"READ\", \"WRITE\"] segment_count = 1 segment1 { start_extent = 0 extent_count = 1 type = \"striped\" stripe_count = 1 stripes = [\"pv0\", 30] } } pool_tdata { id = \"Daaaaa-aaaa-aaaa-aaaa-aaaa-aaaa-aaaaaa\" status = [\"READ\", \"WRITE\"] segment_count = 1 segment1 { start_extent = 0 extent_count = 4 type = \"striped\" stripe_count = 1 stripes = [\"pv0\", 31] } }"
+lvm_restore "logical_volumes { $(lv span "$(lin 10 pv1 2)" "$(lin 6 pv0 1)") $thin $hidden }"
+base0=$(pe_start "${lvm_loops[0]}")
+base1=$(pe_start "${lvm_loops[1]}")
+cp --sparse=always lvm-mbr.raw lvm-mbr.out
+lvm_cleanup
+mv lvm-mbr.out lvm-mbr.raw
+put lvm-mbr.raw $((790528 + base1)) 0 2 160
+put lvm-mbr.raw $((4096 + base0)) 160 1 96
+seed guest_lvm lvm-mbr.raw
 echo "wrote $n seeds to $root"
