@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Builds seed corpora of small, valid inputs so the fuzzers start from real structures instead
-# of random bytes: qcow2 images (every feature the reader handles) for qcow2_image, and ext2/3/4
-# images, a dirty journal, an MBR and a GPT disk for guest_ext4. Usage:
+# of random bytes: qcow2 images (every feature the reader handles) for qcow2_image, ext2/3/4
+# images, a dirty journal, an MBR and a GPT disk for guest_ext4, and FAT12/16/32 images (trailing
+# zeros cut: guest_fat reads past an input's end as zeros) for guest_fat. Usage:
 #   fuzz/seed-corpus.sh [CORPUS_DIR]    (default fuzz/corpus; one folder per target)
-# Needs qemu-img, qemu-io, mkfs.ext2/3/4 (e2fsprogs, with debugfs), sfdisk and setfattr.
+# Needs qemu-img, qemu-io, mkfs.ext2/3/4 (e2fsprogs, with debugfs), sfdisk, setfattr, mkfs.vfat
+# (dosfstools), mtools and perl.
 set -euo pipefail
 root=${1:-"$(dirname "$0")/corpus"}
-mkdir -p "$root/qcow2_image" "$root/guest_ext4"
+mkdir -p "$root/qcow2_image" "$root/guest_ext4" "$root/guest_fat"
 root=$(cd "$root" && pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -96,6 +98,46 @@ truncate -s 0 gpt.raw && truncate -s 350k gpt.raw
 printf 'label: gpt\nstart=40, size=512, type=L\nstart=552, size=64, type=L\n' | sfdisk -q gpt.raw
 dd if=fs.raw of=gpt.raw bs=512 seek=40 conv=notrunc status=none
 seed guest_ext4 gpt.raw
+
+# guest_fat: a tree with long names (one of several entries), 8.3 names with the lowercase
+# flags, Unicode, nested directories, a directory of several clusters, an empty file, a file of
+# several clusters and a fragmented one (written into the gaps deleted files left).
+export MTOOLS_SKIP_CHECK=1 TZ=UTC LC_ALL=C.UTF-8
+mkdir -p f/Sub/deeper/deepest f/big
+echo hi >f/readme.txt
+echo x >f/lower.TXT
+echo y >f/UPPER.txt
+echo z >f/MixedCase.Txt
+echo u >"f/héllo wörld 名前.txt"
+echo l >"f/a_file_name_long_enough_for_several_long_name_entries.text"
+: >f/empty
+echo leaf >f/Sub/deeper/deepest/leaf
+head -c 5000 /dev/zero | tr '\0' d >f/Sub/several-clusters
+for i in $(seq 1 40); do : >"f/big/entry number $i with a long name"; done
+head -c 600 /dev/zero | tr '\0' s >small
+head -c 2500 /dev/zero | tr '\0' g >frag
+# fat_seed NAME SIZE ARGS...: mkfs.vfat ARGS, the tree copied in, a fragmented file made,
+# trailing zeros cut.
+fat_seed() {
+  local name=$1 size=$2
+  shift 2
+  rm -f "$name"
+  truncate -s "$size" "$name"
+  mkfs.vfat "$@" "$name" >/dev/null
+  mcopy -s -i "$name" f/* ::/
+  for i in 1 2 3 4; do mcopy -i "$name" small "::/gap$i"; done
+  mdel -i "$name" ::/gap1 ::/gap3
+  # FAT32 allocates from FSInfo's next-free hint: "unknown" makes it fill the gaps.
+  if [ "$(dd if="$name" bs=1 skip=82 count=5 status=none)" = FAT32 ]; then
+    printf '\377\377\377\377' | dd of="$name" bs=1 seek=$((512 + 492)) conv=notrunc status=none
+  fi
+  mcopy -i "$name" frag ::/fragmented
+  truncate -s "$(perl -0777 -ne 's/\0+\z//; print length' "$name")" "$name"
+  seed guest_fat "$name"
+}
+fat_seed fat12.raw 1M -F 12 -s 1
+fat_seed fat16.raw 3M -F 16 -s 1
+fat_seed fat32.raw 33M -F 32 -s 1 -f 1
 # guest_lvm: small LVM2 disks (needs root, loop devices and lvm2; this kernel needs no
 # device-mapper: the LVs are written into the metadata by vgcfgrestore). PVs of 1 MiB with a
 # 32 KiB metadata area and 16 KiB extents; a 256 KiB ext4 in each LV.

@@ -246,29 +246,36 @@ pub fn fuzz_one_disk(data: &[u8]) {
         let Ok(Some(fs)) = open_filesystem(volume.source, cache.clone()) else {
             continue;
         };
-        let limits = WalkLimits {
-            max_depth: 16,
-            max_entries: 512,
-        };
-        let mut seen = Vec::new();
-        let _ = walk(fs.as_ref(), limits, &mut |_, attr| seen.push(attr.clone()));
-        let mut buf = vec![0u8; 8192];
-        for attr in seen.iter().take(128) {
-            let _ = fs.xattrs(attr.ino);
-            match attr.kind {
-                FileKind::File => {
-                    let _ = fs.read(attr.ino, 0, &mut buf);
-                    let _ = fs.read(attr.ino, attr.size.saturating_sub(100), &mut buf);
-                    let _ = fs.next_data(attr.ino, 0);
-                }
-                FileKind::Symlink => {
-                    let _ = fs.read_link(attr.ino);
-                }
-                FileKind::Directory => {
-                    let _ = fs.lookup(attr.ino, b"a");
-                }
-                _ => {}
+        fuzz_read_all(fs.as_ref());
+    }
+}
+
+/// The part of [`fuzz_one_disk`] that reads an opened filesystem: a bounded walk, then the
+/// files' first and last bytes, symlinks, xattrs and a lookup in each directory. Also the
+/// body of format-specific fuzz targets ([`fat::fuzz_one_volume`]).
+pub(crate) fn fuzz_read_all(fs: &dyn GuestFs) {
+    let limits = WalkLimits {
+        max_depth: 16,
+        max_entries: 512,
+    };
+    let mut seen = Vec::new();
+    let _ = walk(fs, limits, &mut |_, attr| seen.push(attr.clone()));
+    let mut buf = vec![0u8; 8192];
+    for attr in seen.iter().take(128) {
+        let _ = fs.xattrs(attr.ino);
+        match attr.kind {
+            FileKind::File => {
+                let _ = fs.read(attr.ino, 0, &mut buf);
+                let _ = fs.read(attr.ino, attr.size.saturating_sub(100), &mut buf);
+                let _ = fs.next_data(attr.ino, 0);
             }
+            FileKind::Symlink => {
+                let _ = fs.read_link(attr.ino);
+            }
+            FileKind::Directory => {
+                let _ = fs.lookup(attr.ino, b"a");
+            }
+            _ => {}
         }
     }
 }

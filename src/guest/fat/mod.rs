@@ -569,3 +569,50 @@ impl GuestFs for Fat {
         Ok((offset < size).then_some((offset, size)))
     }
 }
+
+/// A volume of `len` bytes whose first bytes are `data` and the rest zeros, without
+/// allocating the zeros.
+struct ZeroExtended {
+    data: Vec<u8>,
+    len: u64,
+}
+
+impl ByteSource for ZeroExtended {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        buf.fill(0);
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.data.len());
+        let end = start.saturating_add(buf.len()).min(self.data.len());
+        buf[..end - start].copy_from_slice(&self.data[start..end]);
+        Ok(())
+    }
+
+    fn byte_len(&self) -> std::io::Result<u64> {
+        Ok(self.len)
+    }
+}
+
+/// The `guest_fat` fuzz target's body: `data` as the start of a FAT volume that is as long
+/// as its boot sector says (the rest reads as zeros), so a small input can be a FAT32
+/// volume (at least 65525 clusters) and still reach its directories and chains. Opened,
+/// walked and read as [`super::fuzz_one_disk`] reads a filesystem, through a small cache.
+pub fn fuzz_one_volume(data: &[u8]) {
+    let claimed = {
+        let sector = u64::from(super::bytes::read_u16le(data, 11));
+        let small = u64::from(super::bytes::read_u16le(data, 19));
+        let big = u64::from(super::bytes::read_u32le(data, 32));
+        sector * if small != 0 { small } else { big }
+    };
+    let dev: Arc<dyn ByteSource> = Arc::new(ZeroExtended {
+        data: data.to_vec(),
+        len: claimed.max(data.len() as u64),
+    });
+    if !probe(dev.as_ref()).unwrap_or(false) {
+        return;
+    }
+    let cache = Arc::new(MetadataCache::new(256 << 10));
+    if let Ok(fs) = Fat::open(dev, cache) {
+        super::fuzz_read_all(&fs);
+    }
+}
