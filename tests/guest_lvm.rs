@@ -760,3 +760,69 @@ impl ByteSource for Patched {
         Ok(self.base.len() as u64)
     }
 }
+
+/// A PV made with two metadata areas (`--pvmetadatacopies 2`: one at its start, one at its
+/// end): when the first copy's checksum fails, the second is used.
+#[test]
+fn second_metadata_area_is_used_when_the_first_is_corrupt() {
+    let s = small_tree();
+    let img = ext4_image(&s, "root.raw", 8);
+    let disk = whole_disk(&s, 24);
+    let vg = unique_vg("vsf2m");
+    let lv = LvSpec::new("root", vec![linear(8, 0, 1)]);
+    let mut host = LvmHost::new(&vg);
+    let dev = host.attach(&disk, 0, 24 * MIB);
+    host.pvcreate(&dev, &["--pvmetadatacopies", "2"]);
+    host.vgcreate("1m");
+    host.restore(std::slice::from_ref(&lv));
+    let base = host.pe_starts()[0];
+    let mut bytes = fs::read(&disk).unwrap();
+    drop(host);
+    let data = fs::read(&img).unwrap();
+    let at = (base + MIB) as usize;
+    bytes[at..at + data.len()].copy_from_slice(&data);
+    let name = format!("{vg}-root");
+    assert!(lv_reads(
+        &volumes_of_bytes(bytes.clone()).unwrap(),
+        &name,
+        &img
+    ));
+    let (_, text, len) = metadata_location(&bytes, 0);
+    bytes[text + len / 2] ^= 1;
+    let volumes = volumes_of_bytes(bytes.clone()).unwrap();
+    assert!(lv_reads(&volumes, &name, &img), "{:?}", names(&volumes));
+    // With the second copy's text corrupted too, nothing is left.
+    let label = (0..4)
+        .map(|s| s * 512)
+        .find(|&at| &bytes[at..at + 8] == b"LABELONE")
+        .unwrap();
+    let second = u64::from_le_bytes(bytes[label + 120..label + 128].try_into().unwrap()) as usize;
+    assert!(
+        second > 20 * MIB as usize,
+        "second metadata area at {second}"
+    );
+    let off = u64::from_le_bytes(bytes[second + 40..second + 48].try_into().unwrap()) as usize;
+    let size = u64::from_le_bytes(bytes[second + 48..second + 56].try_into().unwrap()) as usize;
+    bytes[second + off + size / 2] ^= 1;
+    assert_eq!(
+        names(&volumes_of_bytes(bytes).unwrap()),
+        Vec::<String>::new()
+    );
+}
+
+/// A PV not in any VG (`pvcreate` only) holds no filesystem and no LV: nothing is shown.
+#[test]
+fn pv_without_a_vg_shows_nothing() {
+    let s = small_tree();
+    let disk = whole_disk(&s, 8);
+    let mut host = LvmHost::new(&unique_vg("vsfo"));
+    let dev = host.attach(&disk, 0, 8 * MIB);
+    host.pvcreate(&dev, &[]);
+    let bytes = fs::read(&disk).unwrap();
+    drop(host);
+    assert!(bytes[..2048].windows(8).any(|w| w == b"LABELONE"));
+    assert_eq!(
+        names(&volumes_of_bytes(bytes).unwrap()),
+        Vec::<String>::new()
+    );
+}
