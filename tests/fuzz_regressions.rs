@@ -8,7 +8,9 @@
 //! Findings of the `guest_ext4` target (partition tables, ext2/3/4, journal replay) are kept
 //! here too, one named test each calling `guest::fuzz_one_disk` on the input (none so far:
 //! 245,688 executions over 26 minutes from the seed corpus of fuzz/seed-corpus.sh found no
-//! crash, timeout or OOM).
+//! crash, timeout or OOM). Findings of the `guest_fat` target (FAT12/16/32) are kept the same
+//! way, calling `guest::fat::fuzz_one_volume` (none so far: 141,270 executions over 10
+//! minutes from the FAT seeds of fuzz/seed-corpus.sh found no crash, timeout or OOM).
 
 mod common;
 
