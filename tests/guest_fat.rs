@@ -179,7 +179,8 @@ fn fat12_matches_mtools() {
 
 #[test]
 fn fat16_matches_mtools() {
-    whole_volume(16, "24M", &["-s", "4"], 200);
+    // With a volume label: an entry in the root directory that is not listed.
+    whole_volume(16, "24M", &["-s", "4", "-n", "ESP LABEL"], 200);
 }
 
 #[test]
@@ -196,6 +197,49 @@ fn fat32_with_4k_sectors_matches_mtools() {
 fn fat16_with_one_fat_and_a_small_root_matches_mtools() {
     // One allocation table, 64-entry root directory, 512-byte clusters.
     whole_volume(16, "20M", &["-f", "1", "-r", "64", "-s", "1"], 40);
+}
+
+#[test]
+fn broken_long_names_fall_back_to_the_short_name_like_mtools() {
+    let s = Scratch::new(0);
+    let img = s.path("lfn.raw");
+    make_fat(&img, 16, "16M", &["-s", "1"], &s.tree());
+    let bytes = fs::read(&img).unwrap();
+    // The long-name entries right before an 8.3 entry, last one first in the directory.
+    let lfn_before = |name11: &[u8; 11]| -> Vec<u64> {
+        let at = short_entry_pos(&img, name11);
+        let mut out = Vec::new();
+        let mut p = at - 32;
+        while bytes[p as usize + 11] == 0x0F {
+            out.push(p);
+            p -= 32;
+        }
+        out
+    };
+    let mixed = lfn_before(b"MIXEDC~1TXT");
+    let long = lfn_before(b"A_VERY~1TEX");
+    let dotfile = lfn_before(b"HIDDEN~1   ");
+    assert!(!mixed.is_empty() && long.len() > 3 && !dotfile.is_empty());
+    // A checksum that does not match the 8.3 name; an orphan (the first entry lost its
+    // "last" flag, so the rest belong to nothing); an ordinal out of sequence.
+    let mixed_first = *mixed.last().unwrap();
+    patch(
+        &img,
+        mixed_first + 13,
+        &[bytes[mixed_first as usize + 13] ^ 0x55],
+    );
+    let long_first = *long.last().unwrap();
+    patch(&img, long_first, &[bytes[long_first as usize] & !0x40]);
+    patch(&img, dotfile[0], &[0x07]);
+    let fs = open_img(&img).unwrap();
+    let ours = parser_fat_manifest(fs.as_ref());
+    let oracle = mtools_manifest(&img, 0);
+    assert!(
+        oracle.contains_key("MIXEDC~1.TXT".as_bytes()),
+        "{:?}",
+        oracle.keys()
+    );
+    assert_fat_manifests_eq(&ours, &oracle, "broken long names");
 }
 
 #[test]
