@@ -30,8 +30,8 @@
 //! filesystem's own ([`crate::cache::next_id`]), so all opened filesystems together stay
 //! within that one budget however many there are; what a filesystem holds itself besides is
 //! bounded per format and stated in its module ([`ext4`]: the superblock and the journal
-//! overlay, at most 24 bytes per journal block; [`fat`]: its geometry and three maps of at most
-//! 65,536 entries each).
+//! overlay, at most 24 bytes per journal block; [`fat`]: its geometry and one map of at most
+//! 65,536 directory entry positions).
 #![forbid(unsafe_code)]
 
 pub mod error;

@@ -38,13 +38,13 @@
 //!   size, is an error (EIO); a chain longer than the size is read up to the size, as Linux
 //!   reads it. The volume must fit on its device ([`boot`]).
 //!
-//! Memory per opened filesystem: table pieces (4 KiB), root-region pieces and directory
-//! clusters are kept in the crate's one byte-budgeted [`MetadataCache`] under an id of this
-//! filesystem's own; file data is read from the device and not kept. What the filesystem
-//! holds itself is its geometry and three maps, each capped at [`MAX_REMEMBERED`] entries
-//! (about 3 MiB together at most) and emptied when full: directory entry positions, the
-//! lengths of chains already checked, and one read position per file (so reading a file
-//! front to back follows its chain once, not once per read).
+//! Memory per opened filesystem: table pieces (4 KiB), root-region pieces, directory
+//! clusters and chain maps (a checked chain's length and its runs of consecutive clusters,
+//! at most 4096 of them: 48 KiB; [`table::ChainMap`]) are kept in the crate's one
+//! byte-budgeted [`MetadataCache`] under an id of this filesystem's own; file data is read
+//! from the device and not kept. What the filesystem holds itself is its geometry and one
+//! map of directory entry positions, capped at [`MAX_REMEMBERED`] entries (about 1.5 MiB)
+//! and emptied when full.
 
 pub mod boot;
 pub mod dir;
@@ -85,14 +85,10 @@ pub fn probe(dev: &dyn ByteSource) -> Result<bool, GuestError> {
 pub struct Fat {
     dev: Arc<dyn ByteSource>,
     pub(crate) geo: Geometry,
-    cache: Arc<MetadataCache>,
-    cache_id: u64,
+    pub(crate) cache: Arc<MetadataCache>,
+    pub(crate) cache_id: u64,
     /// Directory first cluster -> byte position of the 8.3 entry naming it.
     dir_entries: Mutex<HashMap<u32, u64>>,
-    /// First cluster -> length of its chain, for chains already walked and found sound.
-    chains: Mutex<HashMap<u32, u32>>,
-    /// First cluster -> (index in the chain, cluster) where the last read of it ended.
-    cursors: Mutex<HashMap<u32, (u32, u32)>>,
 }
 
 /// Inserts into a map that is emptied when it holds [`MAX_REMEMBERED`] entries.
@@ -124,8 +120,6 @@ impl Fat {
             cache,
             cache_id: next_id(),
             dir_entries: Mutex::new(HashMap::new()),
-            chains: Mutex::new(HashMap::new()),
-            cursors: Mutex::new(HashMap::new()),
         })
     }
 
@@ -294,12 +288,7 @@ impl Fat {
 
     /// The length in clusters of the chain from `first`, walked and checked once.
     fn chain_len(&self, first: u32) -> Result<u32, GuestError> {
-        if let Some(&len) = self.chains.lock().get(&first) {
-            return Ok(len);
-        }
-        let len = self.walk_chain(first, &mut |_| true)?;
-        remember(&self.chains, first, len);
-        Ok(len)
+        Ok(self.chain_map(first)?.len)
     }
 
     /// The directory's size: its clusters times the cluster size (the fixed root: its
@@ -379,24 +368,6 @@ impl Fat {
             rdev_major: 0,
             rdev_minor: 0,
         }
-    }
-
-    /// The cluster holding byte `offset` of the file whose chain starts at `first` (the
-    /// chain already checked to be at least that long), from the last read's position when
-    /// that is not past it.
-    fn cluster_at(&self, first: u32, index: u32) -> Result<u32, GuestError> {
-        let (mut at, mut cluster) = match self.cursors.lock().get(&first) {
-            Some(&(i, c)) if i <= index => (i, c),
-            _ => (0, first),
-        };
-        while at < index {
-            cluster = match self.link(cluster)? {
-                Link::Next(n) => n,
-                Link::End => return Err(CorruptKind::FatChainShort.into()),
-            };
-            at += 1;
-        }
-        Ok(cluster)
     }
 }
 
@@ -516,7 +487,7 @@ impl GuestFs for Fat {
         }
         let first = e.cluster;
         // Indexes are below `needed`, at most 2^32 / 512: they fit in u32.
-        let mut index = u32::try_from(offset / cs).map_err(|_| CorruptKind::FatChainShort)?;
+        let index = u32::try_from(offset / cs).map_err(|_| CorruptKind::FatChainShort)?;
         let mut cluster = self.cluster_at(first, index)?;
         let mut done = 0usize;
         let mut within = offset % cs;
@@ -539,16 +510,13 @@ impl GuestFs for Fat {
             let at = self.geo.cluster_offset(cluster)? + within;
             self.dev.read_exact_at(&mut buf[done..done + len], at)?;
             done += len;
-            index += u32::try_from(run - 1).map_err(|_| CorruptKind::FatChainShort)?;
             if done >= n {
-                remember(&self.cursors, first, (index, last));
                 return Ok(n);
             }
             cluster = match self.link(last)? {
                 Link::Next(next) => next,
                 Link::End => return Err(CorruptKind::FatChainShort.into()),
             };
-            index += 1;
             within = 0;
         }
     }

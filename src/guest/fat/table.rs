@@ -7,7 +7,9 @@
 //! end-of-chain value) without ever reaching a free, bad or reserved value or a cluster past
 //! the volume's last; a chain that does not end within the volume's cluster count loops.
 //! Loops are found early with Brent's cycle detection, so a hostile two-cluster loop costs
-//! a few steps, not a walk over every cluster of the volume.
+//! a few steps, not a walk over every cluster of the volume. The walk leaves a
+//! [`ChainMap`] in the cache (the chain's length and runs), with which a read at any offset
+//! finds its cluster by a binary search instead of following the chain from its start.
 
 use super::super::bytes::{read_u16le, read_u32le};
 use super::super::{CorruptKind, GuestError};
@@ -117,5 +119,180 @@ impl Fat {
                 }
             }
         }
+    }
+}
+
+/// Runs a chain map keeps at most: 4096 runs of 12 bytes, 48 KiB per chain.
+pub const MAX_RUNS: usize = 4096;
+/// Cache keys of chain maps: this bit (no volume offset has it) plus the first cluster.
+const CHAIN_MAP_KEY: u64 = 1 << 63;
+
+/// A checked chain: its length and its runs of consecutive clusters (every run when there
+/// are at most [`MAX_RUNS`], else every `2^k`-th, evenly spread), so that the cluster at
+/// any index is found by a binary search, plus at most the clusters between two kept runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainMap {
+    pub len: u32,
+    /// (index in the chain, first cluster, count), by index; the first starts at index 0.
+    pub runs: Vec<(u32, u32, u32)>,
+}
+
+impl ChainMap {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + self.runs.len() * 12);
+        out.extend_from_slice(&self.len.to_le_bytes());
+        for &(i, c, n) in &self.runs {
+            out.extend_from_slice(&i.to_le_bytes());
+            out.extend_from_slice(&c.to_le_bytes());
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        out
+    }
+
+    fn decode(b: &[u8]) -> ChainMap {
+        let runs = b
+            .get(4..)
+            .unwrap_or(&[])
+            .chunks_exact(12)
+            .map(|r| (read_u32le(r, 0), read_u32le(r, 4), read_u32le(r, 8)))
+            .collect();
+        ChainMap {
+            len: read_u32le(b, 0),
+            runs,
+        }
+    }
+}
+
+impl Fat {
+    /// The chain from `first`, walked and checked once, then kept in the shared cache.
+    pub(crate) fn chain_map(&self, first: u32) -> Result<ChainMap, GuestError> {
+        use crate::cache::{CacheKey, CacheValue};
+        let key = CacheKey::GuestBlock {
+            fs: self.cache_id,
+            block: CHAIN_MAP_KEY | u64::from(first),
+        };
+        if let Some(CacheValue::GuestBlock(b)) = self.cache.get(&key) {
+            return Ok(ChainMap::decode(&b));
+        }
+        let mut runs: Vec<(u32, u32, u32)> = Vec::new();
+        // The run being extended, the number of runs seen before it, and which are kept.
+        let mut cur = (0u32, first, 0u32);
+        let mut seen = 0u64;
+        let mut stride = 1u64;
+        let mut index = 0u32;
+        let len = self.walk_chain(first, &mut |c| {
+            if cur.2 > 0 && cur.1.checked_add(cur.2) == Some(c) {
+                cur.2 += 1;
+            } else {
+                if cur.2 > 0 {
+                    if seen.is_multiple_of(stride) {
+                        runs.push(cur);
+                    }
+                    seen += 1;
+                    if runs.len() >= MAX_RUNS {
+                        let mut k = 0;
+                        runs.retain(|_| {
+                            k += 1;
+                            k % 2 == 1
+                        });
+                        stride *= 2;
+                    }
+                }
+                cur = (index, c, 1);
+            }
+            index = index.saturating_add(1);
+            true
+        })?;
+        if seen.is_multiple_of(stride) {
+            runs.push(cur);
+        }
+        let map = ChainMap { len, runs };
+        self.cache
+            .insert(key, CacheValue::GuestBlock(map.encode().into()));
+        Ok(map)
+    }
+
+    /// The cluster at `index` of the chain from `first` (the caller checked `index` is below
+    /// the chain's length).
+    pub(crate) fn cluster_at(&self, first: u32, index: u32) -> Result<u32, GuestError> {
+        let map = self.chain_map(first)?;
+        let at = map.runs.partition_point(|r| r.0 <= index);
+        let &(start, cluster, count) = at
+            .checked_sub(1)
+            .and_then(|i| map.runs.get(i))
+            .ok_or(CorruptKind::FatChainShort)?;
+        let within = index.saturating_sub(start);
+        if within < count {
+            return Ok(cluster.saturating_add(within));
+        }
+        // Past a kept run: follow the table from its last cluster.
+        let last = count.checked_sub(1).ok_or(CorruptKind::FatChainShort)?;
+        let mut at = start.saturating_add(last);
+        let mut c = cluster.saturating_add(last);
+        while at < index {
+            c = match self.link(c)? {
+                Link::Next(n) => n,
+                Link::End => return Err(CorruptKind::FatChainShort.into()),
+            };
+            at += 1;
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A FAT16 volume in memory: 512-byte clusters, one table, 30,000 clusters, and a chain
+    /// from cluster 2 through every other cluster (2, 4, 6, ...), `n` clusters long.
+    fn every_other_cluster(n: u32) -> Fat {
+        use crate::cache::MetadataCache;
+        use crate::source::{ByteSource, MemorySource};
+        use std::sync::Arc;
+        let (fat_sectors, clusters) = (120u32, 30_000u32);
+        let total = 1 + fat_sectors + 1 + clusters;
+        let mut img = vec![0u8; total as usize * 512];
+        img[0] = 0xEB;
+        img[11..13].copy_from_slice(&512u16.to_le_bytes());
+        img[13] = 1;
+        img[14..16].copy_from_slice(&1u16.to_le_bytes());
+        img[16] = 1;
+        img[17..19].copy_from_slice(&16u16.to_le_bytes());
+        img[19..21].copy_from_slice(&(total as u16).to_le_bytes());
+        img[21] = 0xF8;
+        img[22..24].copy_from_slice(&(fat_sectors as u16).to_le_bytes());
+        for i in 0..n {
+            let c = 2 + 2 * i as usize;
+            let next = if i + 1 == n { 0xFFFF } else { c as u16 + 2 };
+            img[512 + 2 * c..512 + 2 * c + 2].copy_from_slice(&next.to_le_bytes());
+        }
+        let dev: Arc<dyn ByteSource> = Arc::new(MemorySource::new(img));
+        Fat::open(dev, Arc::new(MetadataCache::new(1 << 20))).unwrap()
+    }
+
+    #[test]
+    fn a_chain_of_more_runs_than_kept_still_maps_every_index() {
+        let fat = every_other_cluster(10_000);
+        let map = fat.chain_map(2).unwrap();
+        assert_eq!(map.len, 10_000);
+        assert!(map.runs.len() <= MAX_RUNS && map.runs.len() > MAX_RUNS / 4);
+        assert_eq!(map.runs[0], (0, 2, 1));
+        for i in [0, 1, 2, 4095, 4096, 4097, 5000, 8191, 8192, 9998, 9999] {
+            assert_eq!(fat.cluster_at(2, i).unwrap(), 2 + 2 * i, "index {i}");
+        }
+        // Few runs: all kept.
+        let fat = every_other_cluster(100);
+        assert_eq!(fat.chain_map(2).unwrap().runs.len(), 100);
+    }
+
+    #[test]
+    fn chain_maps_survive_the_cache() {
+        let m = ChainMap {
+            len: 9,
+            runs: vec![(0, 5, 3), (3, 20, 6)],
+        };
+        assert_eq!(ChainMap::decode(&m.encode()), m);
+        assert_eq!(ChainMap::decode(&[1, 2]).runs, vec![]);
     }
 }
