@@ -238,9 +238,18 @@ fn linear_lv_of_three_segments_matches_the_kernel() {
     let vg = unique_vg("vsf3");
     let lvs = [
         LvSpec::new("other", vec![linear(2, 0, 4)]),
+        // The middle segment says type = "linear", which lvm2 also accepts.
         LvSpec::new(
             "three",
-            vec![linear(4, 0, 10), linear(3, 0, 0), linear(5, 0, 20)],
+            vec![
+                linear(4, 0, 10),
+                SegSpec::LinearType {
+                    count: 3,
+                    pv: 0,
+                    pe: 0,
+                },
+                linear(5, 0, 20),
+            ],
         ),
     ];
     lvm_disk(&disk, &[(0, 40 * MIB)], &vg, &lvs, &[(1, &img)]);

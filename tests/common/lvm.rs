@@ -38,6 +38,12 @@ pub enum SegSpec {
         pv: usize,
         pe: u64,
     },
+    /// A linear segment written with `type = "linear"` (lvm2 itself writes "striped").
+    LinearType {
+        count: u64,
+        pv: usize,
+        pe: u64,
+    },
     Striped {
         count: u64,
         stripe_sectors: u64,
@@ -54,6 +60,7 @@ impl SegSpec {
     fn count(&self) -> u64 {
         match self {
             SegSpec::Linear { count, .. }
+            | SegSpec::LinearType { count, .. }
             | SegSpec::Striped { count, .. }
             | SegSpec::Raw { count, .. } => *count,
         }
@@ -113,6 +120,10 @@ pub fn lv_text(lvs: &[LvSpec], pv_names: &[String]) -> String {
                     "\t\t\t\ttype = \"striped\"\n\t\t\t\tstripe_count = 1\n\t\t\t\tstripes = [\"{}\", {pe}]\n",
                     pv_names[*pv]
                 ),
+                SegSpec::LinearType { pv, pe, .. } => format!(
+                    "\t\t\t\ttype = \"linear\"\n\t\t\t\tstripe_count = 1\n\t\t\t\tstripes = [\"{}\", {pe}]\n",
+                    pv_names[*pv]
+                ),
                 SegSpec::Striped {
                     stripe_sectors,
                     areas,
@@ -149,7 +160,7 @@ pub fn place(disk: &Path, data: &[u8], lv: &LvSpec, extent: u64, pv_base: &[u64]
     for seg in &lv.segments {
         let seg_len = seg.count() * extent;
         match seg {
-            SegSpec::Linear { pv, pe, .. } => {
+            SegSpec::Linear { pv, pe, .. } | SegSpec::LinearType { pv, pe, .. } => {
                 let end = (lv_off + seg_len).min(len);
                 if lv_off < end {
                     let at = pv_base[*pv] + pe * extent;

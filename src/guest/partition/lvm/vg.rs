@@ -2,8 +2,9 @@
 //! each LV either the extents its segments map or why it is not shown.
 //!
 //! Field names are lvm2's (`lib/format_text/import_vsn1.c`). Only segments of type
-//! `"striped"` are read: one stripe is a linear mapping, more stripe round robin in chunks of
-//! `stripe_size` sectors, as device-mapper's `striped` target does. Every other segment type
+//! `"striped"` (and `"linear"`, which lvm2 accepts for one stripe) are read: one stripe is a
+//! linear mapping, more stripe round robin in chunks of `stripe_size` sectors, as
+//! device-mapper's `striped` target does. Every other segment type
 //! (thin, thin-pool, snapshot, raid*, mirror, cache, writecache, vdo, integrity, zero,
 //! error, …) makes its LV unsupported; so does a segment whose areas are another LV (a
 //! pvmove in progress), and an LV that another LV's non-striped segment uses (a snapshot's
@@ -150,7 +151,9 @@ fn read_segment(
         .filter(|&n| n > 0)
         .ok_or(CorruptKind::LvmSegment)?;
     let seg_type = s.str("type").ok_or(CorruptKind::LvmSegment)?;
-    if seg_type != b"striped" {
+    // lvm2 writes "striped" for linear segments too, and accepts "linear" (one stripe).
+    let linear = seg_type == b"linear";
+    if seg_type != b"striped" && !linear {
         return Ok(Err(format!(
             "segment type \"{}\"",
             String::from_utf8_lossy(seg_type)
@@ -158,7 +161,7 @@ fn read_segment(
     }
     let stripe_count = nonneg(s.int("stripe_count"))
         .and_then(|n| usize::try_from(n).ok())
-        .filter(|&n| (1..=MAX_STRIPES).contains(&n))
+        .filter(|&n| (1..=MAX_STRIPES).contains(&n) && (n == 1 || !linear))
         .ok_or(CorruptKind::LvmSegment)?;
     let Some(Value::Array(areas)) = s.get("stripes") else {
         return Err(CorruptKind::LvmSegment);
@@ -262,7 +265,7 @@ fn used_names<'s>(s: &'s Section<'_>) -> Vec<&'s [u8]> {
     let mut out = Vec::new();
     for (_, seg) in s.sections() {
         let seg_type = seg.str("type").unwrap_or_default();
-        if seg_type == b"striped" {
+        if seg_type == b"striped" || seg_type == b"linear" {
             continue;
         }
         let merging = seg.get("merging_store").is_some();
@@ -471,6 +474,23 @@ mod tests {
         };
         assert_eq!(s[0].stripe_size, 64 << 10);
         assert_eq!(s[0].stripes, [(0, 20), (0, 30)]);
+    }
+
+    #[test]
+    fn linear_type_is_one_stripe() {
+        let v = vg(&[
+            lv("a", &[&lin(0, 2, 0).replace("\"striped\"", "\"linear\"")]),
+            lv(
+                "b",
+                &["start_extent = 0 extent_count = 2 type = \"linear\" stripe_count = 2 stripe_size = 8 stripes = [\"pv0\", 10, \"pv0\", 20]"],
+            ),
+        ]
+        .join(" "));
+        let LvState::Readable(a) = state(&v, "a") else {
+            panic!()
+        };
+        assert_eq!(a[0].stripes, [(0, 0)]);
+        assert_eq!(state(&v, "b"), LvState::Corrupt(CorruptKind::LvmSegment));
     }
 
     #[test]
