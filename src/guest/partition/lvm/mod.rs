@@ -17,9 +17,10 @@
 //! spanning several disks shows only the LVs that lie wholly on one of them. Hidden LVs (the
 //! components of other LVs) are not shown, as lvm2 does not show them.
 //!
-//! Memory: per LV, its segment table (one entry per segment and stripe), held by the LV's
-//! [`ByteSource`]; the metadata text (at most [`label::MAX_METADATA_TEXT`]) and its parse
-//! are dropped once the volumes are found.
+//! Memory and time: per LV, its segment table (one entry per segment and stripe), held by
+//! the LV's [`ByteSource`]; each metadata text (at most [`label::MAX_METADATA_TEXT`]; all
+//! copies on a disk together at most [`MAX_METADATA_PER_DISK`] plus one) and its parse are
+//! dropped once read.
 
 pub mod label;
 pub mod text;
@@ -77,17 +78,35 @@ pub fn resolve(volumes: Vec<Volume>) -> Result<Vec<Volume>, GuestError> {
     Ok(out)
 }
 
+/// Metadata text read per disk, all copies together: a disk of 256 partitions, each a PV
+/// with two areas of 4 MiB of text, is not read whole (real VGs have a few copies of some
+/// KiB each).
+const MAX_METADATA_PER_DISK: u64 = 32 << 20;
+
 /// The newest valid metadata of each VG found on `pvs`.
 fn newest_metadata(pvs: &[FoundPv]) -> Result<Vec<VgMeta>, GuestError> {
     let mut vgs: Vec<VgMeta> = Vec::new();
+    let mut budget = MAX_METADATA_PER_DISK;
     for pv in pvs {
         let mut copies = 0;
         for (n, &area) in pv.label.metadata_areas.iter().enumerate() {
-            let parsed =
-                label::read_metadata(pv.source.as_ref(), pv.len, area).and_then(|t| match t {
-                    None => Ok(None),
-                    Some(t) => vg::read_vg(&text::parse(&t)?).map(Some),
-                });
+            if budget == 0 {
+                log::warn!(
+                    "volume {}: LVM metadata copy {} not read: the disk's copies exceed {} MiB",
+                    pv.volume,
+                    n + 1,
+                    MAX_METADATA_PER_DISK >> 20
+                );
+                continue;
+            }
+            let parsed = label::read_metadata(pv.source.as_ref(), pv.len, area).and_then(|t| {
+                let Some(t) = t else {
+                    return Ok(None);
+                };
+                let len = u64::try_from(t.len()).unwrap_or(u64::MAX);
+                budget = budget.saturating_sub(len.max(1));
+                vg::read_vg(&text::parse(&t)?).map(Some)
+            });
             let meta = match parsed {
                 Ok(Some(meta)) => meta,
                 Ok(None) => continue,
