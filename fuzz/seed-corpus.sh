@@ -138,6 +138,7 @@ fat_seed() {
 fat_seed fat12.raw 1M -F 12 -s 1
 fat_seed fat16.raw 3M -F 16 -s 1
 fat_seed fat32.raw 33M -F 32 -s 1 -f 1
+
 # guest_lvm: small LVM2 disks (needs root, loop devices and lvm2; this kernel needs no
 # device-mapper: the LVs are written into the metadata by vgcfgrestore). PVs of 1 MiB with a
 # 32 KiB metadata area and 16 KiB extents; a 256 KiB ext4 in each LV.

@@ -10,7 +10,8 @@
 //! 245,688 executions over 26 minutes from the seed corpus of fuzz/seed-corpus.sh found no
 //! crash, timeout or OOM). Findings of the `guest_fat` target (FAT12/16/32) are kept the same
 //! way, calling `guest::fat::fuzz_one_volume` (none so far: 141,270 executions over 10
-//! minutes from the FAT seeds of fuzz/seed-corpus.sh found no crash, timeout or OOM).
+//! minutes from the FAT seeds of fuzz/seed-corpus.sh, then 84,417 over 10 minutes of the
+//! chain-map reader from the corpus that grew, found no crash, timeout or OOM).
 
 mod common;
 
