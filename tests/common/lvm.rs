@@ -456,3 +456,45 @@ pub fn copy_sparse(from: &Path, to: &Path) -> PathBuf {
     sh("cp", &["--sparse=always", p(from), p(to)]);
     to.to_path_buf()
 }
+
+const LVM_MIB: u64 = 1 << 20;
+
+/// A disk image with PVs on `pv_ranges` (byte ranges of `disk`), one VG of 1 MiB extents
+/// named `vg` holding `lvs`, and each `(LV index, image)` written at its LV's extents. The
+/// lvm2 work is done on a copy that is wiped afterwards. Returns the disk of PVs' extent-0
+/// disk offsets too.
+pub fn lvm_disk(
+    disk: &Path,
+    pv_ranges: &[(u64, u64)],
+    vg: &str,
+    lvs: &[LvSpec],
+    images: &[(usize, &Path)],
+) -> Vec<u64> {
+    let work = disk.with_extension("work");
+    copy_sparse(disk, &work);
+    let mut host = LvmHost::new(vg);
+    for &(start, len) in pv_ranges {
+        let dev = host.attach(&work, start, len);
+        host.pvcreate(&dev, &[]);
+    }
+    host.vgcreate("1m");
+    host.restore(lvs);
+    let bases: Vec<u64> = host
+        .pe_starts()
+        .iter()
+        .zip(pv_ranges)
+        .map(|(pe_start, (start, _))| start + pe_start)
+        .collect();
+    copy_sparse(&work, disk);
+    drop(host);
+    fs::remove_file(&work).unwrap();
+    for &(lv, img) in images {
+        let data = fs::read(img).unwrap();
+        assert!(
+            data.len() as u64 <= lvs[lv].extents() * LVM_MIB,
+            "image too big for its LV"
+        );
+        place(disk, &data, &lvs[lv], LVM_MIB, &bases);
+    }
+    bases
+}
