@@ -506,12 +506,17 @@ impl VirtSnapFs {
 
     /// The opened filesystem of `volume`, opened again when it is not fresh.
     pub(super) fn view(&self, place: &Place, volume: &str) -> Result<Arc<View>, FsError> {
-        for disk in place
-            .disks
-            .iter()
-            .filter(|d| volume.starts_with(d.target.as_str()))
-        {
-            let scan = self.scan_disk(place, disk)?;
+        // A partition is named after its disk (`vda1`), a logical volume after its volume
+        // group (`VG-LV`) and may be on any disk: the disks whose name starts the volume's
+        // are tried first, and only their failures are this volume's.
+        let mut disks: Vec<&DiskModel> = place.disks.iter().collect();
+        disks.sort_by_key(|d| !volume.starts_with(d.target.as_str()));
+        for disk in disks {
+            let scan = match self.scan_disk(place, disk) {
+                Ok(scan) => scan,
+                Err(e) if volume.starts_with(disk.target.as_str()) => return Err(e),
+                Err(_) => continue,
+            };
             if !scan.volumes.iter().any(|v| v == volume) {
                 continue;
             }
@@ -552,6 +557,7 @@ impl VirtSnapFs {
     ) -> Result<Vec<(NodeKey, String)>, FsError> {
         let place = self.place(domain, snapshot)?;
         let mut out = Vec::new();
+        let mut listed = std::collections::HashSet::new();
         for disk in &place.disks {
             let scan = match self.scan_disk(&place, disk) {
                 Ok(scan) => scan,
@@ -561,6 +567,16 @@ impl VirtSnapFs {
                 }
             };
             for volume in &scan.volumes {
+                // Two disks may carry the same volume group (a cloned image): the first
+                // disk's volume is shown.
+                if !listed.insert(volume.clone()) {
+                    warn!(
+                        "{} disk {}: volume {volume} is also on an earlier disk; only that one is shown",
+                        place.label(),
+                        disk.target
+                    );
+                    continue;
+                }
                 let key = (place.disk_key(&disk.target), volume.clone());
                 let root = self
                     .guest
