@@ -11,7 +11,8 @@
 //!   bytes.rs        fixed-offset integer reads
 //!   crc.rs          CRC-32, CRC-32C and CRC-32/BE (no dependency)
 //!   partition/      MBR (primary, extended + logical from 5) and GPT; a partition is a
-//!                   ByteSource window over the disk
+//!                   ByteSource window over the disk; lvm/: an LVM2 physical volume is
+//!                   replaced by its volume group's linear and striped logical volumes
 //!   ext4/           ext2/ext3/ext4: superblock, group descriptors, inodes, extents, block
 //!                   maps, directories, symlinks, inline data, xattrs, checksums, and
 //!                   journal/ (JBD2 recovery, replayed in memory as a block overlay)
