@@ -1,9 +1,15 @@
 //! `files/` through a real mount over a real libvirtd: golden ext2/3/4 images made by mkfs,
 //! on a whole disk, on MBR (with a logical partition) and GPT disks, behind qcow2 internal
 //! snapshots; what find, stat, sha256sum, getfattr, cp -a and tar see of them through the
-//! mount equals what they see of the kernel's loop mount of the same bytes.
+//! mount equals what they see of the kernel's loop mount of the same bytes. A FAT32 EFI
+//! system partition and an LVM2 logical volume of ext4 on one GPT disk are checked the same
+//! way against mtools' extraction and the kernel's loop mount of the LV's bytes.
 
 mod common;
+#[path = "common/fat.rs"]
+mod fat_helpers;
+#[path = "common/lvm.rs"]
+mod lvm;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,7 +19,7 @@ use common::guest::{
     assert_tool_manifests_eq, dirty_image, kernel_recovered_copy, mkfs, partitioned_disk, tar_of,
     tool_manifest, GuestScratch, LoopMount, TreeOptions,
 };
-use common::vm::{eventually, sh, Mount, TestDomain};
+use common::vm::{convert, eventually, sh, Mount, TestDomain};
 
 const MBR: &str = "label: dos
 start=2048, size=40M, type=83
@@ -502,4 +508,181 @@ fn guest_inode_numbers_are_dropped_when_the_kernel_forgets_them() {
     );
     assert_eq!(second["d0/f0"], second["d1/link"]);
     assert_eq!(fs::read(vol.join("d19/f49")).unwrap(), b"19/49\n");
+}
+
+/// What real tools see of a FAT tree under `dir`: every path's type (`find %y`), each
+/// file's size and modification time in seconds, and `sha256sum` of every file. A
+/// directory's size and mode are left out: in mtools' extraction they are the host's.
+fn fat_tool_view(dir: &Path) -> String {
+    sh(
+        "sh",
+        &[
+            "-c",
+            "cd \"$1\" && export LC_ALL=C && \
+             find . -mindepth 1 -printf '%y %P\\n' | sort && echo == files && \
+             find . -mindepth 1 -type f -printf '%s %Ts %P\\n' | sort -k3 && echo == sha256 && \
+             find . -mindepth 1 -type f -print0 | sort -z | xargs -0 -r sha256sum",
+            "sh",
+            s(dir),
+        ],
+    )
+}
+
+/// mtools' view of the FAT volume at `start` of raw disk `raw`: the partition's bytes cut
+/// out with dd, then `mcopy -s -n -m` of them into a fresh directory.
+fn mtools_fat_view(raw: &Path, start: u64, len: u64) -> String {
+    let work = tempfile::tempdir().unwrap();
+    let part = work.path().join("part.raw");
+    sh(
+        "dd",
+        &[
+            &format!("if={}", s(raw)),
+            &format!("of={}", s(&part)),
+            "bs=1M",
+            &format!("skip={start}"),
+            &format!("count={len}"),
+            "iflag=skip_bytes,count_bytes",
+            "status=none",
+        ],
+    );
+    let out = work.path().join("out");
+    fs::create_dir(&out).unwrap();
+    fat_helpers::mtools("mcopy", &["-s", "-n", "-m", "-i", s(&part), "::/", s(&out)]);
+    fat_tool_view(&out)
+}
+
+/// A GPT disk with an EFI system partition (FAT32 by mkfs.vfat and mcopy) and an LVM2 PV
+/// partition holding one linear LV of ext4, behind an internal snapshot `s`; after the
+/// snapshot the live disk's FAT32 is rewritten. Through the mount, each volume of the
+/// snapshot and of live/ equals the oracles' view of the same disk bytes (qemu-img convert
+/// of the snapshot or the live state): the FAT32 what mtools extracts, the LV's ext4 the
+/// kernel's loop mount.
+#[test]
+fn fat32_esp_and_lvm_lv_of_a_gpt_disk_match_mtools_and_the_kernel() {
+    let scratch = GuestScratch::new(TreeOptions {
+        big_sparse: false,
+        big_dir_entries: 100,
+    });
+    // FAT32: long and Unicode names, nested directories, a file of 300 KiB, set times.
+    let fat_src = scratch.path("fat-tree");
+    fat_helpers::fat_tree(&fat_src, 40);
+    let esp = scratch.path("esp.raw");
+    fat_helpers::make_fat(&esp, 32, "40M", &[], &fat_src);
+    let ext4 = scratch.path("lv-root.raw");
+    mkfs("mkfs.ext4", &[], &scratch.tree(), &ext4, "12M");
+    let ext4_len = fs::metadata(&ext4).unwrap().len();
+
+    let disk = scratch.path("disk.raw");
+    let parts = partitioned_disk(
+        &disk,
+        "64M",
+        "label: gpt\nstart=2048, size=40M, type=U\nsize=20M, type=E6D6D379-F507-44C2-A23C-238F2A3DF928\n",
+        &[(1, &esp)],
+    );
+    let vg = lvm::unique_vg("vsfmnt");
+    let lvs = [lvm::LvSpec::new(
+        "root",
+        vec![lvm::SegSpec::Linear {
+            count: 12,
+            pv: 0,
+            pe: 0,
+        }],
+    )];
+    let bases = lvm::lvm_disk(&disk, &[parts[&2]], &vg, &lvs, &[(0, &ext4)]);
+    let lv_name = format!("{vg}-root");
+
+    let dom = TestDomain::new("fatlvm", "64M");
+    let image = dom.path("vda.qcow2");
+    to_qcow2(&disk, &image);
+    dom.define(&[("vda", "qcow2", &image)]);
+    dom.snapshot("s", &[]);
+    // The live FAT32 changes after the snapshot: a file removed, one added, one rewritten.
+    let (esp_start, esp_len) = parts[&1];
+    let esp2 = scratch.path("esp2.raw");
+    fs::copy(&esp, &esp2).unwrap();
+    let after = scratch.path("after.txt");
+    fs::write(&after, b"written after the snapshot\n").unwrap();
+    let bigger = scratch.path("multi-cluster.bin");
+    fs::write(&bigger, fat_helpers::pattern(200 * 1024 + 7, 5)).unwrap();
+    let m = s(&esp2);
+    fat_helpers::mtools("mdel", &["-i", m, "::/readme.txt"]);
+    fat_helpers::mtools("mcopy", &["-i", m, s(&after), "::/deep/after.txt"]);
+    fat_helpers::mtools(
+        "mcopy",
+        &["-o", "-i", m, s(&bigger), "::/multi-cluster.bin"],
+    );
+    dom.write(
+        "vda.qcow2",
+        &format!(
+            "write -s {} {esp_start} {}",
+            s(&esp2),
+            fs::metadata(&esp2).unwrap().len()
+        ),
+    );
+
+    // The oracles read what qemu-img reads of the snapshot and of the live state.
+    let (snap_raw, live_raw) = (scratch.path("snap.raw"), scratch.path("live.raw"));
+    convert(&image, Some("s"), &snap_raw);
+    convert(&image, None, &live_raw);
+
+    let mount = Mount::new(&[]);
+    let d = |rel: &str| mount.path(&format!("{}/{rel}", dom.name));
+    let mut want_names = vec!["vda1".to_string(), lv_name.clone()];
+    want_names.sort();
+    assert_eq!(ls(&d("snapshots/s/files")), want_names);
+    assert_eq!(ls(&d("live/files")), want_names);
+
+    let snap_fat = fat_tool_view(&d("snapshots/s/files/vda1"));
+    let snap_mtools = mtools_fat_view(&snap_raw, esp_start, esp_len);
+    assert_tool_manifests_eq(
+        &snap_fat,
+        &snap_mtools,
+        "snapshot s vda1 (FAT32) against mtools",
+    );
+    let live_fat = fat_tool_view(&d("live/files/vda1"));
+    let live_mtools = mtools_fat_view(&live_raw, esp_start, esp_len);
+    assert_tool_manifests_eq(&live_fat, &live_mtools, "live vda1 (FAT32) against mtools");
+    assert_ne!(
+        snap_fat, live_fat,
+        "the snapshot and live FAT32 should differ"
+    );
+    let n = snap_fat
+        .lines()
+        .take_while(|l| !l.starts_with("=="))
+        .count();
+    assert!(n > 60, "only {n} FAT paths compared");
+    // One file read with cat equals mtools' own output of it (mtype).
+    let long = "Sub Dir With A Long Name/nested/file.bin";
+    let cat = Command::new("cat")
+        .arg(d("snapshots/s/files/vda1").join(long))
+        .output()
+        .unwrap();
+    assert!(cat.status.success(), "{cat:?}");
+    let part_img = format!("{}@@{esp_start}", s(&snap_raw));
+    let mtype = Command::new("mtype")
+        .args(["-i", &part_img, &format!("::/{long}")])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .unwrap();
+    assert!(mtype.status.success(), "{mtype:?}");
+    assert_eq!(cat.stdout, mtype.stdout, "cat of {long}");
+    eprintln!("FAT32: {n} paths equal in the snapshot, live differs as written");
+
+    // The LV: its ext4 against the kernel's loop mount of the LV's bytes of the snapshot
+    // (the LV is one run of the PV partition, from the PV's extent 0).
+    let n = compare(
+        &d(&format!("snapshots/s/files/{lv_name}")),
+        &snap_raw,
+        bases[0],
+        ext4_len,
+        "snapshot s LV (ext4)",
+    );
+    assert!(n > 100, "only {n} LV paths compared");
+    compare(
+        &d(&format!("live/files/{lv_name}")),
+        &live_raw,
+        bases[0],
+        ext4_len,
+        "live LV (ext4)",
+    );
 }
