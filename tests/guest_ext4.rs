@@ -16,7 +16,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use common::guest::*;
-use virtsnapfs::cache::{MetadataCache, DEFAULT_CACHE_BYTES};
+use virtsnapfs::cache::MetadataCache;
 use virtsnapfs::guest::ext4::Ext4;
 use virtsnapfs::guest::{self, CorruptKind, GuestError, GuestFs};
 use virtsnapfs::source::{ByteSource, FileSource};
@@ -504,26 +504,9 @@ fn debugfs_w(img: &Path, cmd: &str) {
     assert!(out.status.success(), "debugfs {cmd}: {out:?}");
 }
 
-/// A cache of the daemon's default size, for one test's filesystems.
-fn cache() -> Arc<MetadataCache> {
-    Arc::new(MetadataCache::new(DEFAULT_CACHE_BYTES))
-}
-
 fn open_img(img: &Path) -> Result<Box<dyn GuestFs>, GuestError> {
     let src: Arc<dyn ByteSource> = Arc::new(FileSource::open(img).unwrap());
     guest::open_filesystem(src, cache()).map(|f| f.expect("an ext4 filesystem"))
-}
-
-fn corrupt(e: GuestError) -> CorruptKind {
-    match e {
-        GuestError::Corrupt(k) => k,
-        e => panic!("expected a corruption error, got {e}"),
-    }
-}
-
-fn patch(img: &Path, at: u64, bytes: &[u8]) {
-    let f = fs::OpenOptions::new().write(true).open(img).unwrap();
-    f.write_all_at(bytes, at).unwrap();
 }
 
 /// "located at block B, offset 0xO" from debugfs imap: the inode's byte offset.

@@ -16,9 +16,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::guest::{open_volumes, partitioned_disk, sh};
+use common::guest::{cache, corrupt, open_volumes, partitioned_disk, patch, sh};
 use fat_helpers::*;
-use virtsnapfs::cache::{MetadataCache, DEFAULT_CACHE_BYTES};
+use virtsnapfs::cache::MetadataCache;
 use virtsnapfs::guest::fat::boot::Geometry;
 use virtsnapfs::guest::fat::{Fat, DIR_INO_BASE};
 use virtsnapfs::guest::{self, CorruptKind, FileKind, GuestError, GuestFs};
@@ -42,10 +42,6 @@ impl Scratch {
     }
 }
 
-fn cache() -> Arc<MetadataCache> {
-    Arc::new(MetadataCache::new(DEFAULT_CACHE_BYTES))
-}
-
 fn open_img(img: &Path) -> Result<Box<dyn GuestFs>, GuestError> {
     let src: Arc<dyn ByteSource> = Arc::new(FileSource::open(img).unwrap());
     guest::open_filesystem(src, cache()).map(|f| f.expect("a FAT filesystem"))
@@ -54,18 +50,6 @@ fn open_img(img: &Path) -> Result<Box<dyn GuestFs>, GuestError> {
 fn geometry(img: &Path) -> Geometry {
     let src: Arc<dyn ByteSource> = Arc::new(FileSource::open(img).unwrap());
     Fat::open(src, cache()).unwrap().geometry().clone()
-}
-
-fn corrupt(e: GuestError) -> CorruptKind {
-    match e {
-        GuestError::Corrupt(k) => k,
-        e => panic!("expected a corruption error, got {e}"),
-    }
-}
-
-fn patch(img: &Path, at: u64, bytes: &[u8]) {
-    let f = fs::OpenOptions::new().write(true).open(img).unwrap();
-    f.write_all_at(bytes, at).unwrap();
 }
 
 /// The ranges of clusters mshowfat lists for a file: "<5-6><9>" -> [(5, 6), (9, 9)].

@@ -808,3 +808,25 @@ pub fn tar_of(dir: &Path) -> Vec<u8> {
         ),
     )
 }
+
+/// A cache of the daemon's default size, for one test's filesystems.
+pub fn cache() -> Arc<virtsnapfs::cache::MetadataCache> {
+    Arc::new(virtsnapfs::cache::MetadataCache::new(
+        virtsnapfs::cache::DEFAULT_CACHE_BYTES,
+    ))
+}
+
+/// The kind of a corruption error; any other error fails the test.
+pub fn corrupt(e: guest::GuestError) -> guest::CorruptKind {
+    match e {
+        guest::GuestError::Corrupt(k) => k,
+        e => panic!("expected a corruption error, got {e}"),
+    }
+}
+
+/// Overwrites `bytes` at `at` in image `img`.
+pub fn patch(img: &Path, at: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new().write(true).open(img).unwrap();
+    f.write_all_at(bytes, at).unwrap();
+}
