@@ -50,53 +50,18 @@ pub const MAX_PARENTS: usize = 4 << 20;
 /// Guest directory listings kept for the requests that read them in parts.
 pub const LISTINGS: usize = 4;
 
-/// Guest reads shorter than this start the host reads of the whole aligned window around
-/// them (from the reading thread, before its own read, once per window in a row). A guest
-/// filesystem reads many small pieces that lie close together: a directory's files, written
-/// one after another, are read by `tar` or `cp -r` in name-hash order, and its inode table
-/// blocks one at a time; the kernel's own ext4 gets the same from the block device's
-/// readahead. Cold `tar` of 5,000 files of 0-64 KiB (medians of 6, alternating, on a busy
-/// host): 1.72 s against 1.89 s with the host's 64 KiB read-around alone. Hints sent
-/// through the background prefetch thread arrived too late to help.
-pub const GUEST_READ_AROUND: u64 = 1 << 20;
-
 /// A disk's bytes, for the guest layer: reads through the disk's chain, zeros past its end.
-pub struct ChainSource {
-    chain: Arc<Chain>,
-    /// The window last started by a read-around (`u64::MAX`: none yet).
-    last_window: AtomicU64,
-}
-
-impl ChainSource {
-    pub fn new(chain: Arc<Chain>) -> ChainSource {
-        ChainSource {
-            chain,
-            last_window: AtomicU64::new(u64::MAX),
-        }
-    }
-
-    /// Starts the window around a short read, unless it was the last one started.
-    fn read_around(&self, offset: u64, len: usize) {
-        if len as u64 >= GUEST_READ_AROUND {
-            return;
-        }
-        let window = offset / GUEST_READ_AROUND * GUEST_READ_AROUND;
-        if self.last_window.swap(window, Ordering::Relaxed) != window {
-            self.chain.prefetch_now(window, GUEST_READ_AROUND);
-        }
-    }
-}
+pub struct ChainSource(pub Arc<Chain>);
 
 impl ByteSource for ChainSource {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.read_around(offset, buf.len());
         let mut done = 0usize;
         while done < buf.len() {
             let at = offset
                 .checked_add(done as u64)
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset overflows"))?;
             let n = self
-                .chain
+                .0
                 .read_at(&mut buf[done..], at)
                 .map_err(io::Error::other)?;
             if n == 0 {
@@ -109,11 +74,7 @@ impl ByteSource for ChainSource {
     }
 
     fn byte_len(&self) -> io::Result<u64> {
-        Ok(self.chain.size())
-    }
-
-    fn prefetch(&self, offset: u64, len: u64) {
-        self.chain.prefetch(offset, len);
+        Ok(self.0.size())
     }
 }
 
@@ -464,7 +425,7 @@ impl VirtSnapFs {
         }
         let (chain, opened) = self.open_disk(place, disk)?;
         let label = format!("{} disk {}", place.label(), disk.target);
-        let found = guest::find_volumes(Arc::new(ChainSource::new(chain)), &disk.target)
+        let found = guest::find_volumes(Arc::new(ChainSource(chain)), &disk.target)
             .map_err(|e| guest_error(&label, "reading the partition table", e))?;
         let mut volumes = Vec::new();
         let mut report = Vec::new();
@@ -528,7 +489,7 @@ impl VirtSnapFs {
             }
             let (chain, opened) = self.open_disk(place, disk)?;
             let label = format!("{} disk {}", place.label(), disk.target);
-            let v = guest::find_volumes(Arc::new(ChainSource::new(chain)), &disk.target)
+            let v = guest::find_volumes(Arc::new(ChainSource(chain)), &disk.target)
                 .map_err(|e| guest_error(&label, "reading the partition table", e))?
                 .into_iter()
                 .find(|v| v.name == volume)
@@ -901,29 +862,6 @@ impl VirtSnapFs {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn short_guest_reads_start_their_window_once_and_long_ones_none() {
-        use crate::image::chain::tests::{hinted_range, raw_chain, HintRecorder};
-        let recorder = Arc::new(HintRecorder::default());
-        let source = ChainSource::new(Arc::new(raw_chain(recorder.clone(), 64 << 20)));
-        let w = GUEST_READ_AROUND;
-        let mut small = vec![0u8; 4096];
-        // Three reads in window 3, one in window 5: each window started once.
-        for at in [3 * w + 8192, 3 * w, 3 * w + w - 4096, 5 * w + 100] {
-            source.read_exact_at(&mut small, at).unwrap();
-        }
-        assert!(hinted_range(&recorder, 5 * w, 6 * w));
-        let mut hints = recorder.hints.lock().clone();
-        hints.sort();
-        assert_eq!(hints, vec![(3 * w, w), (5 * w, w)]);
-        // A read as long as the window is left to the chain's own sequential prefetch (this
-        // one, far from the last, is not sequential: nothing is started).
-        let mut long = vec![0u8; w as usize];
-        source.read_exact_at(&mut long, 40 * w).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        assert!(recorder.hints.lock().iter().all(|h| h.0 < 40 * w));
-    }
 
     #[test]
     fn device_numbers_are_packed_as_the_kernel_unpacks_them() {

@@ -189,33 +189,10 @@ impl Chain {
         {
             return;
         }
-        self.prefetch(from, target - from);
-    }
-
-    /// Hints that guest bytes `[offset, offset + len)` will be read soon: the host ranges
-    /// that hold them are started in the background, runs contiguous in one layer's file as
-    /// one range. Only a hint: a range whose map cannot be resolved is skipped (the read that
-    /// needs it reports the error), and zeros need no reading.
-    pub fn prefetch(&self, offset: u64, len: u64) {
-        self.prefetch_with(offset, len, &|data, start, len| {
-            prefetch_in_background(data, start, len)
-        });
-    }
-
-    /// As [`Chain::prefetch`], but the hints are given from the caller's thread.
-    pub fn prefetch_now(&self, offset: u64, len: u64) {
-        self.prefetch_with(offset, len, &|data, start, len| data.prefetch(start, len));
-    }
-
-    fn prefetch_with(&self, offset: u64, len: u64, give: &dyn Fn(Arc<dyn ByteSource>, u64, u64)) {
-        let target = offset.saturating_add(len).min(self.size());
-        if offset >= target {
-            return;
-        }
-        let from = offset;
+        // Runs contiguous in one layer's file are hinted as one range.
         let mut run: Option<(u32, u64, u64)> = None;
         let hint = |(layer, start, len): (u32, u64, u64)| {
-            give(self.layers[layer as usize].data.clone(), start, len);
+            prefetch_in_background(self.layers[layer as usize].data.clone(), start, len);
         };
         for index in (from >> CHUNK_BITS)..=((target - 1) >> CHUNK_BITS) {
             let Ok(chunk) = self.chunk(index) else {
@@ -506,7 +483,7 @@ impl PendingRead {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use crate::source::MemorySource;
     use parking_lot::Mutex;
@@ -514,8 +491,8 @@ pub(crate) mod tests {
 
     /// A store of zeros that records the prefetch hints it gets.
     #[derive(Default)]
-    pub(crate) struct HintRecorder {
-        pub(crate) hints: Mutex<Vec<(u64, u64)>>,
+    struct HintRecorder {
+        hints: Mutex<Vec<(u64, u64)>>,
     }
 
     impl ByteSource for HintRecorder {
@@ -531,7 +508,7 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn raw_chain(data: Arc<dyn ByteSource>, size: u64) -> Chain {
+    fn raw_chain(data: Arc<dyn ByteSource>, size: u64) -> Chain {
         let layer = Layer {
             path: "disk.raw".into(),
             format: Format::Raw,
@@ -544,7 +521,7 @@ pub(crate) mod tests {
     }
 
     /// Waits up to 5 s for the hints to cover `[start, end)` (they arrive from another thread).
-    pub(crate) fn hinted_range(recorder: &HintRecorder, start: u64, end: u64) -> bool {
+    fn hinted_range(recorder: &HintRecorder, start: u64, end: u64) -> bool {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let mut hints = recorder.hints.lock().clone();
@@ -616,19 +593,6 @@ pub(crate) mod tests {
             far <= Some((4 << 20) + PREFETCH_AHEAD),
             "no further than the window"
         );
-    }
-
-    #[test]
-    fn a_prefetched_range_starts_its_host_ranges_and_nothing_past_the_disk() {
-        let recorder = Arc::new(HintRecorder::default());
-        let chain = raw_chain(recorder.clone(), 3 << 20);
-        chain.prefetch(1 << 20, 1 << 20);
-        assert!(hinted_range(&recorder, 1 << 20, 2 << 20));
-        chain.prefetch(5 << 20, 1 << 20);
-        chain.prefetch((5 << 19) + 1, 0);
-        // The first range's hint arrived, so the others would have by now.
-        std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(*recorder.hints.lock(), vec![(1 << 20, 1 << 20)]);
     }
 
     #[test]
