@@ -62,6 +62,11 @@ pub(crate) fn crc32c_raw(seed: u32, data: &[u8]) -> u32 {
     reflected(&CRC32C_TABLE, seed, data)
 }
 
+/// CRC-32 (the zlib polynomial) with no pre- or post-inversion: lvm2's `calc_crc`.
+pub(crate) fn crc32_raw(seed: u32, data: &[u8]) -> u32 {
+    reflected(&CRC32_TABLE, seed, data)
+}
+
 /// The standard CRC-32 (zlib, GPT): inverted in and out.
 pub(crate) fn crc32(data: &[u8]) -> u32 {
     !reflected(&CRC32_TABLE, !0, data)

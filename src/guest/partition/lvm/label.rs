@@ -47,30 +47,8 @@ const MAX_METADATA_AREAS: usize = 2;
 
 /// The CRC-32 lvm2 uses (`calc_crc`): reflected polynomial 0xEDB88320, no inversion, seeded
 /// with [`INITIAL_CRC`] by callers.
-fn calc_crc(mut crc: u32, data: &[u8]) -> u32 {
-    static TABLE: [u32; 256] = {
-        let mut table = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut bit = 0;
-            while bit < 8 {
-                c = if c & 1 != 0 {
-                    (c >> 1) ^ 0xEDB8_8320
-                } else {
-                    c >> 1
-                };
-                bit += 1;
-            }
-            table[i] = c;
-            i += 1;
-        }
-        table
-    };
-    for &b in data {
-        crc = TABLE[usize::from((crc as u8) ^ b)] ^ (crc >> 8);
-    }
-    crc
+fn calc_crc(crc: u32, data: &[u8]) -> u32 {
+    crate::guest::crc::crc32_raw(crc, data)
 }
 
 /// lvm2's checksum of `data` (label sectors, metadata area headers, metadata text).
