@@ -23,6 +23,11 @@ PACKAGES=(
   # FAT tests: mkfs.vfat and fsck.fat make and check the images; mtools (mcopy, mdir, mattrib,
   # mshowfat) fills them and is the oracle, as this kernel has no vfat module.
   dosfstools mtools
+  # XFS tests: mkfs.xfs makes the images, xfs_io fragments files, xfs_logprint shows a log is
+  # dirty; the kernel's own XFS (loop mounts) is the oracle.
+  xfsprogs
+  # NTFS tests: mkntfs makes the images, ntfs-3g fills them and is the oracle.
+  ntfs-3g
   # fincore, with which tests count a file's cached pages (util-linux pulls it in on Debian 12;
   # named so the tests' need stays written down).
   util-linux-extra
