@@ -28,6 +28,10 @@ pub(crate) fn read_u64le(bytes: &[u8], offset: usize) -> u64 {
     u64::from_le_bytes(array(bytes, offset))
 }
 
+pub(crate) fn read_u16be(bytes: &[u8], offset: usize) -> u16 {
+    u16::from_be_bytes(array(bytes, offset))
+}
+
 pub(crate) fn read_u32be(bytes: &[u8], offset: usize) -> u32 {
     u32::from_be_bytes(array(bytes, offset))
 }

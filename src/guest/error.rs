@@ -278,4 +278,86 @@ pub enum CorruptKind {
     FatDirParent,
     #[error("FAT inode number does not name a live directory entry")]
     FatInodeNumber,
+
+    // XFS (superblock, inodes, block maps, directories, symlinks, extended attributes).
+    #[error("XFS superblock magic is wrong")]
+    XfsSuperblockMagic,
+    #[error("XFS superblock checksum mismatch")]
+    XfsSuperblockChecksum,
+    #[error("XFS superblock version is neither 4 (with v2 directories) nor 5")]
+    XfsVersion,
+    #[error("XFS block, sector or inode size is invalid or inconsistent")]
+    XfsGeometrySizes,
+    #[error("XFS allocation group geometry (agblocks, agcount, agblklog, dblocks) is invalid")]
+    XfsAgGeometry,
+    #[error("XFS directory block size (sb_dirblklog) is too large")]
+    XfsDirBlockSize,
+    #[error("XFS filesystem is larger than its device")]
+    XfsDeviceTooSmall,
+    #[error("XFS inode number is out of range")]
+    XfsInodeNumber,
+    #[error("XFS inode magic is wrong")]
+    XfsInodeMagic,
+    #[error("XFS inode checksum mismatch")]
+    XfsInodeChecksum,
+    #[error("XFS inode version is wrong or does not match the filesystem")]
+    XfsInodeVersion,
+    #[error("XFS inode records another inode number")]
+    XfsInodeOwner,
+    #[error("XFS inode is not in use (mode or link count zero)")]
+    XfsInodeUnallocated,
+    #[error("XFS inode has an invalid file type in di_mode")]
+    XfsInodeFileType,
+    #[error("XFS inode fork offset or format is invalid")]
+    XfsInodeFork,
+    #[error("XFS inode size is too large")]
+    XfsFileSize,
+    #[error("XFS extent count is larger than its fork can hold")]
+    XfsExtentCount,
+    #[error("XFS extent points outside the filesystem")]
+    XfsExtentRange,
+    #[error("XFS extents are out of order or overlap")]
+    XfsExtentOrder,
+    #[error("XFS extent has zero length")]
+    XfsExtentLength,
+    #[error("XFS block map btree block magic is wrong")]
+    XfsBmbtMagic,
+    #[error("XFS block map btree block checksum mismatch")]
+    XfsBmbtChecksum,
+    #[error("XFS block map btree level is wrong (loop or too deep)")]
+    XfsBmbtLevel,
+    #[error("XFS block map btree record count exceeds what its block holds")]
+    XfsBmbtRecords,
+    #[error("XFS metadata block names another block or owner (v5 header)")]
+    XfsBlockOwner,
+    #[error("XFS directory block magic is wrong")]
+    XfsDirMagic,
+    #[error("XFS directory block checksum mismatch")]
+    XfsDirChecksum,
+    #[error("XFS directory entry is invalid (length, name or tag)")]
+    XfsDirEntry,
+    #[error("XFS short-form directory is invalid")]
+    XfsDirShortForm,
+    #[error("XFS directory is too large or has too many entries")]
+    XfsDirTooLarge,
+    #[error("XFS directory lookup structure (leaf or node block) is invalid")]
+    XfsDirLeaf,
+    #[error("XFS symbolic link length is invalid")]
+    XfsSymlinkSize,
+    #[error("XFS remote symbolic link block header is invalid")]
+    XfsSymlinkHeader,
+    #[error("XFS short-form attribute fork is invalid")]
+    XfsAttrShortForm,
+    #[error("XFS attribute block magic is wrong")]
+    XfsAttrMagic,
+    #[error("XFS attribute block checksum mismatch")]
+    XfsAttrChecksum,
+    #[error("XFS attribute leaf entry is invalid")]
+    XfsAttrEntry,
+    #[error("XFS remote attribute value is invalid (blocks, header or length)")]
+    XfsAttrRemote,
+    #[error("XFS attribute tree is too deep, loops or has too many entries")]
+    XfsAttrTree,
+    #[error("XFS POSIX ACL attribute is malformed")]
+    XfsAcl,
 }

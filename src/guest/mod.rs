@@ -18,6 +18,8 @@
 //!                   journal/ (JBD2 recovery, replayed in memory as a block overlay)
 //!   fat/            FAT12/FAT16/FAT32 with VFAT long names: boot sector, allocation table and
 //!                   cluster chains, directories, names, times; synthesized inode numbers
+//!   xfs/            XFS v4 and v5: superblock, inodes, block maps and btrees, directories,
+//!                   symlinks, attributes and ACLs; log replay through an overlay
 //! ```
 //!
 //! A new format is a new folder implementing [`GuestFs`] plus one probe in
@@ -39,6 +41,7 @@ pub mod error;
 pub mod ext4;
 pub mod fat;
 pub mod partition;
+pub mod xfs;
 
 mod bytes;
 mod crc;
@@ -150,6 +153,9 @@ pub fn open_filesystem(
     }
     if fat::probe(dev.as_ref())? {
         return Ok(Some(Box::new(fat::Fat::open(dev, cache)?)));
+    }
+    if xfs::probe(dev.as_ref())? {
+        return Ok(Some(Box::new(xfs::Xfs::open(dev, cache)?)));
     }
     Ok(None)
 }

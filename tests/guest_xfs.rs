@@ -1,0 +1,451 @@
+//! XFS against the kernel: images made by mkfs.xfs, filled through a read-write loop mount
+//! from the common source tree plus XFS-specific shapes (see common/xfs.rs), unmounted
+//! cleanly, then compared with the kernel's read-only loop mount of the same bytes: every
+//! path, type, mode, owner, size, link count, time, st_blocks, device number, symlink
+//! target, content and extended attribute, and hard-link classes. Hostile images give
+//! their exact error. The kernel here refuses v4 (crc=0) filesystems, so v4 is not compared.
+//! Needs xfsprogs, attr and fdisk (scripts/setup-host.sh installs them).
+
+mod common;
+#[path = "common/xfs.rs"]
+mod xfs_helpers;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use common::guest::{
+    assert_manifests_eq, build_tree, cache, corrupt, kernel_manifest, parser_manifest,
+    partitioned_disk, patch, sh, TreeOptions,
+};
+use virtsnapfs::guest::xfs::Xfs;
+use virtsnapfs::guest::{self, CorruptKind, FileKind, GuestError, GuestFs};
+use virtsnapfs::source::{ByteSource, FileSource};
+use xfs_helpers::*;
+
+struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        build_tree(&dir.path().join("tree"), TreeOptions::default());
+        Scratch { dir }
+    }
+    fn tree(&self) -> PathBuf {
+        self.dir.path().join("tree")
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn open_img(img: &Path) -> Result<Box<dyn GuestFs>, GuestError> {
+    let src: Arc<dyn ByteSource> = Arc::new(FileSource::open(img).unwrap());
+    guest::open_filesystem(src, cache()).map(|f| f.expect("an XFS filesystem"))
+}
+
+fn open_xfs(img: &Path) -> Result<Xfs, GuestError> {
+    let src: Arc<dyn ByteSource> = Arc::new(FileSource::open(img).unwrap());
+    Xfs::open(src, cache())
+}
+
+/// Compares the parser's view of the XFS at `offset` in `img` with the kernel's; returns the
+/// number of paths compared.
+fn compare(img: &Path, offset: u64, len: u64, fs: &dyn GuestFs, what: &str) -> usize {
+    let mount = XfsMount::new(img, offset, len);
+    let kernel = kernel_manifest(mount.path());
+    let ours = parser_manifest(fs);
+    assert_manifests_eq(&ours, &kernel, what);
+    kernel.len()
+}
+
+fn image(s: &Scratch, name: &str, args: &[&str], entries: usize, interleaved: usize) -> PathBuf {
+    let img = s.path(name);
+    mkfs_xfs(&img, "400M", args);
+    fill(&img, &s.tree(), |m| xfs_shapes(m, entries, interleaved));
+    img
+}
+
+fn whole(img: &Path, what: &str) -> usize {
+    let fs = open_img(img).unwrap();
+    let len = std::fs::metadata(img).unwrap().len();
+    compare(img, 0, len, fs.as_ref(), what)
+}
+
+#[test]
+fn v5_default_matches_the_kernel() {
+    let s = Scratch::new();
+    let img = image(&s, "v5.raw", &[], 40_000, 6000);
+    // The shapes are what they are meant to be: a file and directories whose block maps are
+    // btrees, short-form directories, a remote symlink, attribute forks of blocks.
+    let (format, extents) = fork_format(&img, "/btree-file");
+    assert_eq!((format.as_str(), extents > 2000), ("btree", true));
+    assert_eq!(fork_format(&img, "/interleaved-a").0, "btree");
+    assert_eq!(fork_format(&img, "/huge").0, "btree");
+    assert_eq!(fork_format(&img, "/small").0, "local");
+    assert_eq!(fork_format(&img, "/remote-link").0, "extents");
+    assert_eq!(fork_format(&img, "/fast-link").0, "local");
+    let fs = open_img(&img).unwrap();
+    assert_eq!(fs.format_name(), "xfs");
+    let n = whole(&img, "v5 default");
+    assert!(n > 55_000, "{n} paths");
+}
+
+#[test]
+fn v5_large_directory_blocks_and_inodes_match_the_kernel() {
+    let s = Scratch::new();
+    for (name, args) in [
+        ("dir8k-ino1k.raw", &["-n", "size=8k", "-i", "size=1024"][..]),
+        (
+            "dir64k-ino2k.raw",
+            &["-n", "size=64k", "-i", "size=2048"][..],
+        ),
+        (
+            "b1k-nrext64.raw",
+            &["-b", "size=1024", "-i", "nrext64=1"][..],
+        ),
+    ] {
+        let img = image(&s, name, args, 3000, 1000);
+        let n = whole(&img, name);
+        assert!(n > 5000, "{name}: {n} paths");
+    }
+}
+
+#[test]
+fn v5_without_ftype_free_inode_btree_or_bigtime_matches_the_kernel() {
+    let s = Scratch::new();
+    // bigtime=0: times before 1901 or after 2038 are clamped by the kernel when written.
+    let img = image(
+        &s,
+        "old.raw",
+        &["-m", "bigtime=0,finobt=0,reflink=0", "-i", "sparse=0"],
+        3000,
+        0,
+    );
+    whole(&img, "v5 without bigtime");
+}
+
+#[test]
+fn xfs_in_gpt_and_mbr_partitions_matches_the_kernel() {
+    let s = Scratch::new();
+    let img = image(&s, "part.raw", &[], 2000, 0);
+    for (label, script) in [
+        ("gpt", "label: gpt\nstart=2048, size=819200, type=linux\n"),
+        ("mbr", "label: dos\nstart=2048, size=819200, type=83\n"),
+    ] {
+        let disk = s.path(&format!("{label}.raw"));
+        let parts = partitioned_disk(&disk, "402M", script, &[(1, &img)]);
+        let (start, len) = parts[&1];
+        let volumes = common::guest::open_volumes(&disk, "vda");
+        let names: Vec<&str> = volumes.keys().map(String::as_str).collect();
+        assert_eq!(names, ["vda1"], "{label}");
+        let fs = &volumes["vda1"].1;
+        assert_eq!(fs.format_name(), "xfs");
+        compare(&disk, start, len, fs.as_ref(), label);
+    }
+}
+
+// Hostile images: each a small filesystem with one field changed, by hand or with
+// `xfs_db -x` (which recomputes the v5 CRCs of what it writes, so that the check after the
+// CRC is the one that fails).
+
+fn small_image(s: &Scratch, name: &str) -> PathBuf {
+    let img = s.path(name);
+    mkfs_xfs(&img, "64M", &[]);
+    fill(&img, &s.tree(), |m| xfs_shapes(m, 0, 0));
+    img
+}
+
+fn xfs_db_write(img: &Path, cmds: &[&str]) {
+    let mut args = vec!["-x"];
+    for c in cmds {
+        args.extend(["-c", c]);
+    }
+    args.push(img.to_str().unwrap());
+    sh("xfs_db", &args);
+}
+
+fn ino_of(fs: &dyn GuestFs, path: &str) -> u64 {
+    let mut ino = fs.root();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        ino = fs.lookup(ino, part.as_bytes()).unwrap().unwrap();
+    }
+    ino
+}
+
+fn read_all(fs: &dyn GuestFs, ino: u64) -> Result<(), GuestError> {
+    let size = fs.attr(ino)?.size;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut at = 0;
+    while at < size {
+        let n = fs.read(ino, at, &mut buf)?;
+        assert!(n > 0);
+        at += n as u64;
+    }
+    Ok(())
+}
+
+#[test]
+fn hostile_superblock_magic_and_checksum() {
+    let s = Scratch::new();
+    let img = small_image(&s, "sb.raw");
+    let bad = s.path("magic.raw");
+    std::fs::copy(&img, &bad).unwrap();
+    patch(&bad, 0, b"XFSC");
+    assert_eq!(
+        corrupt(open_xfs(&bad).err().unwrap()),
+        CorruptKind::XfsSuperblockMagic
+    );
+    // Not XFS at all for the probe: nothing is shown.
+    let src: Arc<dyn ByteSource> = Arc::new(FileSource::open(&bad).unwrap());
+    assert!(guest::open_filesystem(src, cache()).unwrap().is_none());
+    // The label, covered by the CRC.
+    patch(&img, 108, b"X");
+    assert_eq!(
+        corrupt(open_img(&img).err().unwrap()),
+        CorruptKind::XfsSuperblockChecksum
+    );
+}
+
+#[test]
+fn hostile_superblock_geometry_and_features() {
+    let s = Scratch::new();
+    let img = small_image(&s, "geo.raw");
+    let copy = |name: &str| {
+        let p = s.path(name);
+        std::fs::copy(&img, &p).unwrap();
+        p
+    };
+    let agcount = copy("agcount.raw");
+    xfs_db_write(&agcount, &["sb 0", "write -d agcount 1000000"]);
+    assert_eq!(
+        corrupt(open_img(&agcount).err().unwrap()),
+        CorruptKind::XfsAgGeometry
+    );
+    let blocksize = copy("blocksize.raw");
+    xfs_db_write(&blocksize, &["sb 0", "write -d blocksize 12345"]);
+    assert_eq!(
+        corrupt(open_img(&blocksize).err().unwrap()),
+        CorruptKind::XfsGeometrySizes
+    );
+    let dblocks = copy("dblocks.raw");
+    // A filesystem larger than its device: the last group grown past the end.
+    let sb = open_xfs(&img).unwrap().superblock().clone();
+    let more = u64::from(sb.ag_count) * u64::from(sb.ag_blocks);
+    xfs_db_write(&dblocks, &["sb 0", &format!("write -d dblocks {more}")]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&dblocks)
+        .unwrap()
+        .set_len(sb.dblocks * u64::from(sb.block_size) - 4096)
+        .unwrap();
+    assert_eq!(
+        corrupt(open_img(&dblocks).err().unwrap()),
+        CorruptKind::XfsDeviceTooSmall
+    );
+    let feature = copy("feature.raw");
+    xfs_db_write(&feature, &["sb 0", "write -d features_incompat 0x1000b"]);
+    match open_img(&feature).err().unwrap() {
+        GuestError::Unsupported(m) => assert!(m.contains("incompat bit 16"), "{m}"),
+        e => panic!("{e}"),
+    }
+}
+
+#[test]
+fn hostile_inode_checksum_and_fields() {
+    let s = Scratch::new();
+    let img = small_image(&s, "ino.raw");
+    let (hello, small, loc) = {
+        let fs = open_xfs(&img).unwrap();
+        let hello = ino_of(&fs, "hello");
+        (
+            hello,
+            ino_of(&fs, "small"),
+            fs.superblock().inode_location(hello).unwrap(),
+        )
+    };
+    // One byte of di_uid, CRC left as it was.
+    let crc = s.path("crc.raw");
+    std::fs::copy(&img, &crc).unwrap();
+    patch(&crc, loc.0 + loc.1 as u64 + 11, b"\x55");
+    let fs = open_img(&crc).unwrap();
+    assert_eq!(
+        corrupt(fs.attr(hello).unwrap_err()),
+        CorruptKind::XfsInodeChecksum
+    );
+    // An absurd extent count for an inode's extent list.
+    let count = s.path("count.raw");
+    std::fs::copy(&img, &count).unwrap();
+    xfs_db_write(
+        &count,
+        &[&format!("inode {hello}"), "write -d core.nextents 1000000"],
+    );
+    let fs = open_img(&count).unwrap();
+    assert_eq!(
+        corrupt(read_all(fs.as_ref(), hello).unwrap_err()),
+        CorruptKind::XfsExtentCount
+    );
+    // An extent past the end of the filesystem.
+    let range = s.path("range.raw");
+    std::fs::copy(&img, &range).unwrap();
+    xfs_db_write(
+        &range,
+        &[
+            &format!("inode {hello}"),
+            "write -d u3.bmx[0].startblock 4000000000",
+        ],
+    );
+    let fs = open_img(&range).unwrap();
+    assert_eq!(
+        corrupt(read_all(fs.as_ref(), hello).unwrap_err()),
+        CorruptKind::XfsExtentRange
+    );
+    // A short-form directory larger than its inode.
+    let size = s.path("size.raw");
+    std::fs::copy(&img, &size).unwrap();
+    xfs_db_write(
+        &size,
+        &[&format!("inode {small}"), "write -d core.size 100000"],
+    );
+    let fs = open_img(&size).unwrap();
+    assert_eq!(
+        corrupt(fs.read_dir(small).unwrap_err()),
+        CorruptKind::XfsDirShortForm
+    );
+    // An absurd file size.
+    let huge = s.path("huge.raw");
+    std::fs::copy(&img, &huge).unwrap();
+    xfs_db_write(
+        &huge,
+        &[&format!("inode {hello}"), "write -d core.size -- -1"],
+    );
+    let fs = open_img(&huge).unwrap();
+    assert_eq!(
+        corrupt(fs.attr(hello).unwrap_err()),
+        CorruptKind::XfsFileSize
+    );
+}
+
+#[test]
+fn hostile_directory_containing_itself() {
+    let s = Scratch::new();
+    let img = small_image(&s, "loop.raw");
+    let small = ino_of(open_img(&img).unwrap().as_ref(), "small");
+    // small/dir now names small itself.
+    xfs_db_write(
+        &img,
+        &[
+            &format!("inode {small}"),
+            &format!("write -d u3.sfdir3.list[0].inumber.i4 {small}"),
+        ],
+    );
+    let fs = open_img(&img).unwrap();
+    assert_eq!(ino_of(fs.as_ref(), "small/dir"), small);
+    let err = guest::walk(fs.as_ref(), Default::default(), &mut |_, _| {}).unwrap_err();
+    assert_eq!(corrupt(err), CorruptKind::DirectoryLoop);
+}
+
+#[test]
+fn hostile_block_map_btree_loops() {
+    let s = Scratch::new();
+    let img = small_image(&s, "bmbt.raw");
+    let fs = open_img(&img).unwrap();
+    let file = ino_of(fs.as_ref(), "btree-file");
+    drop(fs);
+    let node = sh(
+        "xfs_db",
+        &[
+            "-r",
+            "-c",
+            &format!("inode {file}"),
+            "-c",
+            "p u3.bmbt.ptrs[1]",
+            img.to_str().unwrap(),
+        ],
+    );
+    let node: u64 = node.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    // The level-1 node's first pointer leads back to the node itself.
+    let to_self = s.path("self.raw");
+    std::fs::copy(&img, &to_self).unwrap();
+    xfs_db_write(
+        &to_self,
+        &[
+            &format!("fsb {node}"),
+            "type bmapbtd",
+            &format!("write -d ptrs[1] {node}"),
+        ],
+    );
+    let fs = open_img(&to_self).unwrap();
+    assert_eq!(
+        corrupt(read_all(fs.as_ref(), file).unwrap_err()),
+        CorruptKind::XfsBmbtLevel
+    );
+    // The first leaf's right sibling is itself: the extents repeat.
+    let leaf = sh(
+        "xfs_db",
+        &[
+            "-r",
+            "-c",
+            &format!("fsb {node}"),
+            "-c",
+            "type bmapbtd",
+            "-c",
+            "p ptrs[1]",
+            img.to_str().unwrap(),
+        ],
+    );
+    let leaf: u64 = leaf.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    xfs_db_write(
+        &img,
+        &[
+            &format!("fsb {leaf}"),
+            "type bmapbtd",
+            &format!("write -d rightsib {leaf}"),
+        ],
+    );
+    let fs = open_img(&img).unwrap();
+    assert_eq!(
+        corrupt(read_all(fs.as_ref(), file).unwrap_err()),
+        CorruptKind::XfsExtentOrder
+    );
+    // A stale CRC of a btree block.
+    let fs_sb = open_xfs(&img).unwrap().superblock().clone();
+    let at = fs_sb.fsb_to_byte(leaf).unwrap();
+    patch(&img, at + 100, b"\xff\xff");
+    let fs = open_img(&img).unwrap();
+    assert_eq!(
+        corrupt(read_all(fs.as_ref(), file).unwrap_err()),
+        CorruptKind::XfsBmbtChecksum
+    );
+}
+
+#[test]
+fn unwritten_extents_read_as_zeros_and_are_holes() {
+    let s = Scratch::new();
+    let img = small_image(&s, "unwritten.raw");
+    let fs = open_img(&img).unwrap();
+    let f = ino_of(fs.as_ref(), "prealloc");
+    let a = fs.attr(f).unwrap();
+    assert_eq!(a.kind, FileKind::File);
+    assert_eq!(a.size, 1 << 20);
+    let mut buf = vec![0xeeu8; 1 << 20];
+    assert_eq!(fs.read(f, 0, &mut buf).unwrap(), 1 << 20);
+    assert!(buf[..100_000].iter().all(|&b| b == 0));
+    assert!(buf[100_000..105_000].iter().all(|&b| b == 0x61));
+    assert!(buf[105_000..].iter().all(|&b| b == 0));
+    // The written blocks are the only data SEEK_DATA finds.
+    let (start, end) = fs.next_data(f, 0).unwrap().unwrap();
+    assert!((100_000 - 4096..=100_000).contains(&start), "{start}");
+    assert!((105_000..=105_000 + 4096).contains(&end), "{end}");
+    assert_eq!(fs.next_data(f, end).unwrap(), None);
+    // Sparse: data, a hole, data; and the holes of the btree file.
+    let b = ino_of(fs.as_ref(), "btree-file");
+    assert_eq!(fs.next_data(b, 0).unwrap(), Some((0, 4096)));
+    assert_eq!(fs.next_data(b, 4096).unwrap(), Some((8192, 12288)));
+    let last = 2999 * 8192;
+    assert_eq!(
+        fs.next_data(b, last - 1).unwrap(),
+        Some((last, last + 4096))
+    );
+}
