@@ -18,6 +18,8 @@
 //!                   journal/ (JBD2 recovery, replayed in memory as a block overlay)
 //!   fat/            FAT12/FAT16/FAT32 with VFAT long names: boot sector, allocation table and
 //!                   cluster chains, directories, names, times; synthesized inode numbers
+//!   xfs/log/        XFS log recovery: head and tail, transactions, buffer/inode/icreate
+//!                   items replayed in memory as a byte overlay
 //! ```
 //!
 //! A new format is a new folder implementing [`GuestFs`] plus one probe in
@@ -39,6 +41,7 @@ pub mod error;
 pub mod ext4;
 pub mod fat;
 pub mod partition;
+pub mod xfs;
 
 mod bytes;
 mod crc;

@@ -1,0 +1,1 @@
+//! Unit tests over hand-built log bytes.

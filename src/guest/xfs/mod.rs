@@ -1,0 +1,2 @@
+//! XFS: the reader of the filesystem, and log/ (recovery of a dirty log in memory).
+pub mod log;
