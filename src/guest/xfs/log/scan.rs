@@ -183,6 +183,11 @@ impl<'a> Log<'a> {
             return Ok(None);
         }
         let last = self.cycle_at(n - 1)?;
+        // The end of the log is in the previous cycle, never written, or (wrapped exactly)
+        // in the same cycle as the start: anything else is a lie.
+        if last != first && last != 0 && last.checked_add(1) != Some(first) {
+            return Err(CorruptKind::XfsLogCycle.into());
+        }
         // Blocks [0, head) carry `first`; from head on the previous cycle (or zeros).
         let mut head = if first == last {
             n
