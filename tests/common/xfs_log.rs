@@ -118,7 +118,15 @@ pub fn geometry(img: &Path) -> (FileSource, LogGeometry) {
 /// Our recovery of the log of `img`.
 pub fn our_recovery(img: &Path) -> Recovery {
     let (src, geo) = geometry(img);
-    recover(&src, &geo).expect("recovery")
+    match recover(&src, &geo) {
+        Ok(r) => r,
+        Err(e) => {
+            if let Ok(d) = std::env::var("XFS_LOG_DEBUG_DIR") {
+                copy(img, &Path::new(&d).join("failed.raw"));
+            }
+            panic!("recovery of {img:?}: {e:?}")
+        }
+    }
 }
 
 /// Writes the overlay's sectors into `img`.

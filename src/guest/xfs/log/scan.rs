@@ -326,9 +326,15 @@ impl<'a> Log<'a> {
         let all = self.read_blocks(abs, hblks + bblks)?;
         let (headers, rest) = all.split_at((hblks * BBSIZE) as usize);
         let mut data = rest.to_vec();
-        // Every data block must carry the record's cycle: otherwise it was never written.
+        // Every data block must carry the cycle of its place: the record's, or the next one
+        // for the part of a record that wrapped to the start of the log (the kernel bumps
+        // those stamps when it splits the write). Otherwise it was never written.
         for i in 0..bblks {
-            if read_u32be(&data, (i * BBSIZE) as usize) != h_cycle {
+            let mut want = ((abs + hblks + i) / n) as u32;
+            if want == XLOG_HEADER_MAGIC_NUM {
+                want = want.wrapping_add(1);
+            }
+            if read_u32be(&data, (i * BBSIZE) as usize) != want {
                 return Err(Bad::Torn(CorruptKind::XfsLogCycle));
             }
         }
