@@ -61,6 +61,16 @@ fn churn(m: &Path, tree: &Path) {
     drop(f);
     setfattr(&m.join("hello-renamed"), "user.colour", "blue");
     setfattr(&m.join("bigdir-new"), "user.many", &"v".repeat(300));
+    // Many attributes make an attribute leaf block; a large value a remote block.
+    fs::write(m.join("attrs"), b"xattrs\n").unwrap();
+    for i in 0..60 {
+        setfattr(
+            &m.join("attrs"),
+            &format!("user.attr-{i:03}"),
+            &format!("value {i}"),
+        );
+    }
+    setfattr(&m.join("attrs"), "user.remote", &"r".repeat(6000));
     symlink("x/".repeat(200), m.join("long-link")).unwrap();
     fs::write(m.join("late"), b"written last\n").unwrap();
 }

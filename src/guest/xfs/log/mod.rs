@@ -371,25 +371,70 @@ pub fn recover(dev: &dyn ByteSource, geo: &LogGeometry) -> Result<Recovery, Gues
     Ok(Recovery { overlay, stats })
 }
 
-/// The fuzz target's body: `data` as the start of an XFS filesystem (the rest reads as
-/// zeros); reads its geometry and recovers its log. Errors are expected; panics, hangs and
-/// huge allocations are the bugs it looks for.
+/// The fuzz target's body: `data` is a superblock sector followed by the log's bytes; the
+/// device holds them at their places (the superblock at 0, the log at its `sb_logstart`)
+/// and zeros elsewhere, so an input of a few hundred KiB is a whole filesystem with a dirty
+/// log. Reads the geometry, recovers, applies the overlay. Errors are expected; panics,
+/// hangs and huge allocations are the bugs it looks for.
 pub fn fuzz_one_log(data: &[u8]) {
-    let dev = crate::source::MemorySource::new(data.to_vec());
     let Some(sb) = data.get(..512) else {
         return;
     };
-    // Let a small input describe a larger device: the log must lie inside it.
-    let dev_len = (data.len() as u64).max(64 << 20);
-    let Ok(geo) = LogGeometry::from_superblock(sb, dev_len) else {
+    let Ok(probe) = LogGeometry::from_superblock(sb, u64::MAX) else {
         return;
     };
-    if geo.log_bbs > (64 << 20) / BBSIZE {
+    let log_len = probe.log_bbs * BBSIZE;
+    if log_len > 64 << 20 {
         return;
     }
+    let dev = FuzzDevice {
+        sb: sb.to_vec(),
+        log_start: probe.log_start,
+        log: data[512..].iter().copied().take(log_len as usize).collect(),
+        len: probe
+            .log_start
+            .saturating_add(log_len)
+            .saturating_add(64 << 20),
+    };
+    let Ok(geo) = LogGeometry::from_superblock(sb, dev.len) else {
+        return;
+    };
     if let Ok(r) = recover(&dev, &geo) {
-        let mut buf = vec![0u8; 4096];
-        r.overlay.apply(0, &mut buf);
+        let mut buf = vec![0u8; 8192];
+        for (off, _) in r.overlay.sectors().take(64) {
+            r.overlay.apply(off.saturating_sub(100), &mut buf);
+        }
         let _ = r.overlay.bytes_held();
+    }
+}
+
+/// The fuzz target's device: a superblock and a log at their places, zeros elsewhere.
+struct FuzzDevice {
+    sb: Vec<u8>,
+    log_start: u64,
+    log: Vec<u8>,
+    len: u64,
+}
+
+impl ByteSource for FuzzDevice {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        buf.fill(0);
+        let end = offset.saturating_add(buf.len() as u64);
+        for (start, bytes) in [(0u64, &self.sb), (self.log_start, &self.log)] {
+            let stop = start.saturating_add(bytes.len() as u64);
+            let from = offset.max(start);
+            let to = end.min(stop);
+            if from < to {
+                let (a, b) = ((from - offset) as usize, (from - start) as usize);
+                let n = (to - from) as usize;
+                if let (Some(d), Some(s)) = (buf.get_mut(a..a + n), bytes.get(b..b + n)) {
+                    d.copy_from_slice(s);
+                }
+            }
+        }
+        Ok(())
+    }
+    fn byte_len(&self) -> std::io::Result<u64> {
+        Ok(self.len)
     }
 }
