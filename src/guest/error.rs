@@ -235,6 +235,38 @@ pub enum CorruptKind {
     #[error("journal revoke block is malformed")]
     JournalRevoke,
 
+    // XFS log (in-memory recovery of the internal log).
+    #[error("XFS superblock log fields are invalid (magic, geometry or log outside the device)")]
+    XfsLogGeometry,
+    #[error("XFS log record header is invalid (magic, version or format)")]
+    XfsLogRecordHeader,
+    #[error("XFS log record length or iclog size is out of range")]
+    XfsLogRecordLength,
+    #[error("XFS log cycle numbers are inconsistent")]
+    XfsLogCycle,
+    #[error("XFS log record checksum mismatch")]
+    XfsLogRecordCrc,
+    #[error("XFS log tail is outside the log or after the head")]
+    XfsLogTail,
+    #[error("XFS log record belongs to another filesystem (uuid mismatch)")]
+    XfsLogUuid,
+    #[error("XFS log operation header is invalid or runs past its record")]
+    XfsLogOpHeader,
+    #[error("XFS log transaction header is invalid")]
+    XfsLogTransHeader,
+    #[error("XFS log item has an invalid number of regions")]
+    XfsLogItemRegions,
+    #[error("XFS log item format is malformed")]
+    XfsLogItem,
+    #[error("XFS log buffer item lies outside the device or is too long")]
+    XfsLogBufferRange,
+    #[error("XFS log inode item is invalid or does not point at an inode")]
+    XfsLogInodeItem,
+    #[error("XFS log inode create item is invalid")]
+    XfsLogIcreate,
+    #[error("XFS log holds too many transactions or bytes in flight")]
+    XfsLogTooLarge,
+
     // FAT12/16/32 (boot sector, allocation table, cluster chains, directories).
     #[error("FAT bytes per sector is not a power of two from 512 to 4096")]
     FatBytesPerSector,

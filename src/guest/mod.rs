@@ -20,6 +20,8 @@
 //!                   cluster chains, directories, names, times; synthesized inode numbers
 //!   xfs/            XFS v4 and v5: superblock, inodes, block maps and btrees, directories,
 //!                   symlinks, attributes and ACLs; log replay through an overlay
+//!     log/          XFS log recovery: head and tail, transactions, buffer/inode/icreate
+//!                   items replayed in memory as a byte overlay
 //! ```
 //!
 //! A new format is a new folder implementing [`GuestFs`] plus one probe in

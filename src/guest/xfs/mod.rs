@@ -39,6 +39,7 @@ pub mod attr;
 pub mod bmap;
 pub mod dir;
 pub mod inode;
+pub mod log;
 pub mod sb;
 
 use std::sync::Arc;
@@ -57,6 +58,15 @@ pub trait ReplayOverlay: Send + Sync {
     fn apply(&self, offset: u64, buf: &mut [u8]);
     /// True when the overlay rewrites nothing.
     fn is_empty(&self) -> bool;
+}
+
+impl ReplayOverlay for log::LogOverlay {
+    fn apply(&self, offset: u64, buf: &mut [u8]) {
+        log::LogOverlay::apply(self, offset, buf)
+    }
+    fn is_empty(&self) -> bool {
+        log::LogOverlay::is_empty(self)
+    }
 }
 
 /// The overlay of a clean log.
@@ -97,8 +107,44 @@ pub struct Xfs {
 }
 
 impl Xfs {
-    /// Opens the XFS filesystem on `dev` as its blocks are (no log replay).
+    /// Opens the XFS filesystem on `dev` as the kernel mounts it: a dirty log's committed
+    /// transactions replayed in memory first ([`log::recover`]). A log that cannot be read
+    /// is an error (the kernel refuses to mount it too); a replay that cannot be done
+    /// faithfully falls back to the filesystem as of its last checkpoint, with a warning.
     pub fn open(dev: Arc<dyn ByteSource>, cache: Arc<MetadataCache>) -> Result<Xfs, GuestError> {
+        let mut s = vec![0u8; log::BBSIZE as usize];
+        dev.read_exact_at(&mut s, 0)?;
+        let geometry = log::LogGeometry::from_superblock(&s, dev.byte_len()?)?;
+        let recovery = log::recover(dev.as_ref(), &geometry)?;
+        let stats = &recovery.stats;
+        if let Some(why) = &stats.fell_back {
+            ::log::warn!(
+                "xfs: the log needs recovery that cannot be replayed here ({why}): shown as of its last checkpoint, without the log's last {} transactions",
+                stats.transactions
+            );
+            return Xfs::open_with_overlay(dev, cache, Box::new(NoReplay));
+        }
+        if stats.clean {
+            return Xfs::open_with_overlay(dev, cache, Box::new(NoReplay));
+        }
+        ::log::info!(
+            "xfs: log needs recovery: replayed {} transactions ({} buffers, {} inodes, {} inode chunks; {} uncommitted dropped) in memory, {} KiB",
+            stats.transactions,
+            stats.buffers_replayed,
+            stats.inodes_replayed,
+            stats.icreates,
+            stats.uncommitted,
+            recovery.overlay.bytes_held() >> 10
+        );
+        Xfs::open_with_overlay(dev, cache, Box::new(recovery.overlay))
+    }
+
+    /// Opens the filesystem as its blocks are on the device, ignoring a dirty log: what
+    /// `mount -o ro,norecovery` shows (possibly inconsistent). For diagnostics and tests.
+    pub fn open_without_replay(
+        dev: Arc<dyn ByteSource>,
+        cache: Arc<MetadataCache>,
+    ) -> Result<Xfs, GuestError> {
         Xfs::open_with_overlay(dev, cache, Box::new(NoReplay))
     }
 

@@ -1,0 +1,194 @@
+//! XFS log test helpers: dirty images made by the kernel (mkfs.xfs, a read-write loop mount,
+//! changes, then `xfs_io -x -c 'shutdown -f'`, which forces the log to disk and stops all
+//! metadata writeback, so the log holds what the filesystem's home blocks do not), and the
+//! two views to compare: the kernel's own recovery (a copy mounted read-write, unmounted,
+//! mounted read-only) and our overlay written into another copy mounted `ro,norecovery`
+//! (the kernel then reads exactly the replayed metadata, nothing more).
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common::guest::{kernel_manifest, sh, Manifest};
+use virtsnapfs::guest::xfs::log::{recover, LogGeometry, Recovery};
+use virtsnapfs::source::{ByteSource, FileSource};
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("test paths are UTF-8")
+}
+
+/// mkfs.xfs of a sparse file of `size`. The environment of the filesystem test suites lets
+/// mkfs.xfs 6.1 make filesystems under 300 MB and logs under 64 MB.
+pub fn mkfs_xfs(img: &Path, size: &str, args: &[&str]) {
+    sh("truncate", &["-s", size, p(img)]);
+    let out = Command::new("mkfs.xfs")
+        .args(["-q", "-f"])
+        .args(args)
+        .arg(img)
+        .env("TEST_DIR", "/tmp")
+        .env("TEST_DEV", "/dev/null")
+        .env("QA_CHECK_FS", "1")
+        .output()
+        .expect("mkfs.xfs (xfsprogs) installed");
+    assert!(
+        out.status.success(),
+        "mkfs.xfs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A mount point that is unmounted (if still mounted) and removed on drop.
+pub struct Mnt {
+    pub dir: tempfile::TempDir,
+    mounted: bool,
+}
+
+impl Mnt {
+    pub fn new(img: &Path, opts: &str) -> Mnt {
+        let dir = tempfile::tempdir().unwrap();
+        sh(
+            "mount",
+            &[
+                "-t",
+                "xfs",
+                "-o",
+                &format!("loop,{opts}"),
+                p(img),
+                p(dir.path()),
+            ],
+        );
+        Mnt { dir, mounted: true }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn umount(&mut self) {
+        if self.mounted {
+            sh("umount", &[p(self.dir.path())]);
+            self.mounted = false;
+        }
+    }
+}
+
+impl Drop for Mnt {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount").arg(self.dir.path()).status();
+        }
+    }
+}
+
+/// Makes `img` dirty: mounts it read-write, runs `changes` on the mount (after a sync of
+/// whatever `before` did, which reaches the home blocks), then shuts the filesystem down with
+/// the log forced, and unmounts. Asserts xfs_logprint calls the log dirty.
+pub fn make_dirty(img: &Path, before: impl FnOnce(&Path), changes: impl FnOnce(&Path)) {
+    let mut m = Mnt::new(img, "rw");
+    before(m.path());
+    sh("sync", &["-f", p(m.path())]);
+    // Home blocks of the first part written: only `changes` stays in the log.
+    sh("xfs_io", &["-x", "-c", "freeze", "-c", "thaw", p(m.path())]);
+    changes(m.path());
+    sh("xfs_io", &["-x", "-c", "shutdown -f", p(m.path())]);
+    m.umount();
+    assert!(
+        log_is_dirty(img),
+        "xfs_logprint does not call {img:?} dirty"
+    );
+}
+
+pub fn log_is_dirty(img: &Path) -> bool {
+    let out = Command::new("xfs_logprint")
+        .args(["-t", p(img)])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("DIRTY")
+}
+
+pub fn geometry(img: &Path) -> (FileSource, LogGeometry) {
+    let src = FileSource::open(img).unwrap();
+    let mut sb = vec![0u8; 512];
+    src.read_exact_at(&mut sb, 0).unwrap();
+    let len = src.byte_len().unwrap();
+    let geo = LogGeometry::from_superblock(&sb, len).unwrap();
+    (src, geo)
+}
+
+/// Our recovery of the log of `img`.
+pub fn our_recovery(img: &Path) -> Recovery {
+    let (src, geo) = geometry(img);
+    match recover(&src, &geo) {
+        Ok(r) => r,
+        Err(e) => {
+            if let Ok(d) = std::env::var("XFS_LOG_DEBUG_DIR") {
+                copy(img, &Path::new(&d).join("failed.raw"));
+            }
+            panic!("recovery of {img:?}: {e:?}")
+        }
+    }
+}
+
+/// Writes the overlay's sectors into `img`.
+pub fn write_overlay(img: &Path, r: &Recovery) {
+    let f = fs::OpenOptions::new().write(true).open(img).unwrap();
+    for (off, bytes) in r.overlay.sectors() {
+        f.write_all_at(bytes, off).unwrap();
+    }
+}
+
+pub fn copy(from: &Path, to: &Path) {
+    sh("cp", &["--sparse=always", p(from), p(to)]);
+}
+
+/// The kernel's view after its own recovery of a copy of `dirty`.
+pub fn kernel_view(dirty: &Path, scratch: &Path) -> Manifest {
+    let copy_path = scratch.join("kernel-recovered.raw");
+    copy(dirty, &copy_path);
+    let mut m = Mnt::new(&copy_path, "rw");
+    m.umount();
+    let m = Mnt::new(&copy_path, "ro");
+    kernel_manifest(m.path())
+}
+
+/// The kernel's view of a copy of `dirty` with our overlay written in, mounted without
+/// recovery.
+pub fn our_view(dirty: &Path, scratch: &Path, r: &Recovery) -> Manifest {
+    let copy_path = scratch.join("ours.raw");
+    copy(dirty, &copy_path);
+    write_overlay(&copy_path, r);
+    let m = Mnt::new(&copy_path, "ro,norecovery");
+    kernel_manifest(m.path())
+}
+
+/// Deterministic bytes.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 9) as u8))
+        .collect()
+}
+
+pub fn scratch_file(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}
+
+/// What `xfs_repair -n` finds wrong in a copy of `dirty` with the overlay written in
+/// (checksums, magics, btrees, links), other than the superblock's lazy counters.
+pub fn repair_problems(dirty: &Path, scratch: &Path, r: &Recovery) -> Vec<String> {
+    let copy_path = scratch.join("repair.raw");
+    copy(dirty, &copy_path);
+    write_overlay(&copy_path, r);
+    let out = Command::new("xfs_repair")
+        .args(["-n", p(&copy_path)])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    text.lines()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("crc") || l.contains("would") || l.contains("bad ") || l.contains("corrupt")
+        })
+        .map(str::to_owned)
+        .collect()
+}
