@@ -48,17 +48,30 @@ pub struct Mnt {
 impl Mnt {
     pub fn new(img: &Path, opts: &str) -> Mnt {
         let dir = tempfile::tempdir().unwrap();
-        sh(
-            "mount",
-            &[
-                "-t",
-                "xfs",
-                "-o",
-                &format!("loop,{opts}"),
-                p(img),
-                p(dir.path()),
-            ],
-        );
+        // Loop devices are shared with everything else on the machine: a device picked as
+        // free can be taken by another mount before ours binds it. Try again then.
+        for attempt in 0.. {
+            let out = Command::new("mount")
+                .args([
+                    "-t",
+                    "xfs",
+                    "-o",
+                    &format!("loop,{opts}"),
+                    p(img),
+                    p(dir.path()),
+                ])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                break;
+            }
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                attempt < 5 && (err.contains("busy") || err.contains("loop")),
+                "mount {img:?} -o {opts}: {err}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
         Mnt { dir, mounted: true }
     }
     pub fn path(&self) -> &Path {
@@ -184,6 +197,10 @@ pub fn repair_problems(dirty: &Path, scratch: &Path, r: &Recovery) -> Vec<String
         .unwrap();
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if let Ok(d) = std::env::var("XFS_LOG_DEBUG_DIR") {
+        copy(dirty, &Path::new(&d).join("repair-dirty.raw"));
+        let _ = fs::write(Path::new(&d).join("repair.txt"), &text);
+    }
     text.lines()
         .filter(|l| {
             let l = l.to_ascii_lowercase();
