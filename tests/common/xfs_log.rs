@@ -201,7 +201,25 @@ pub fn repair_problems(dirty: &Path, scratch: &Path, r: &Recovery) -> Vec<String
         copy(dirty, &Path::new(&d).join("repair-dirty.raw"));
         let _ = fs::write(Path::new(&d).join("repair.txt"), &text);
     }
+    // Inodes unlinked but not yet freed when the log stopped (nlink 0, on an AGI unlinked
+    // list) are freed by the kernel after replay; the overlay leaves them allocated and
+    // unreachable, which repair reports as disconnected with no links. Nothing shows them.
+    let unlinked: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("would have reset inode ")?;
+            let (ino, tail) = rest.split_once(' ')?;
+            (tail == "nlinks from 0 to 1").then(|| ino.to_owned())
+        })
+        .collect();
+    let is_unlinked = |l: &str| {
+        unlinked.iter().any(|ino| {
+            l == format!("would have reset inode {ino} nlinks from 0 to 1")
+                || l == format!("disconnected inode {ino}, would move to lost+found")
+        })
+    };
     text.lines()
+        .filter(|l| !is_unlinked(l))
         .filter(|l| {
             let l = l.to_ascii_lowercase();
             l.contains("crc") || l.contains("would") || l.contains("bad ") || l.contains("corrupt")
