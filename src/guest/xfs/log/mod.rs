@@ -281,6 +281,10 @@ impl LogOverlay {
     pub(crate) fn put_sector(&mut self, sector: u64, bytes: &[u8]) {
         self.sectors.insert(sector, bytes.into());
     }
+
+    pub(crate) fn remove_sector(&mut self, sector: u64) {
+        self.sectors.remove(&sector);
+    }
 }
 
 /// What a recovery found and did.

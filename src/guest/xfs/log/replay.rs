@@ -288,9 +288,21 @@ impl<'a> Replay<'a> {
         Ok(buf)
     }
 
+    /// Keeps the sectors of `buf` that differ from the device (a sector replayed back to
+    /// its on-disk bytes is dropped): an inode item holds the sector of its inode, not the
+    /// whole cluster.
     fn write_buf(&mut self, daddr: u64, buf: &[u8]) -> Result<(), ScanError> {
-        for (i, chunk) in buf.chunks(BBSIZE as usize).enumerate() {
-            self.work.put_sector(daddr + i as u64, chunk);
+        let mut disk = vec![0u8; buf.len()];
+        self.dev.read_exact_at(&mut disk, daddr * BBSIZE)?;
+        let sectors = buf
+            .chunks(BBSIZE as usize)
+            .zip(disk.chunks(BBSIZE as usize));
+        for (i, (chunk, on_disk)) in sectors.enumerate() {
+            if chunk == on_disk {
+                self.work.remove_sector(daddr + i as u64);
+            } else {
+                self.work.put_sector(daddr + i as u64, chunk);
+            }
         }
         if self.work.bytes_held() > self.max_bytes {
             return Err(ScanError::FallBack(format!(
