@@ -3,7 +3,8 @@
 //! metadata writeback, so the log holds what the filesystem's home blocks do not), and the
 //! two views to compare: the kernel's own recovery (a copy mounted read-write, unmounted,
 //! mounted read-only) and our overlay written into another copy mounted `ro,norecovery`
-//! (the kernel then reads exactly the replayed metadata, nothing more).
+//! (the kernel then reads exactly the replayed metadata, nothing more). With
+//! `XFS_LOG_DEBUG_DIR=DIR` set, the images a failing comparison used are copied there.
 #![allow(dead_code)]
 
 use std::fs;
