@@ -11,7 +11,11 @@
 //! crash, timeout or OOM). Findings of the `guest_fat` target (FAT12/16/32) are kept the same
 //! way, calling `guest::fat::fuzz_one_volume` (none so far: 141,270 executions over 10
 //! minutes from the FAT seeds of fuzz/seed-corpus.sh, then 84,417 over 10 minutes of the
-//! chain-map reader from the corpus that grew, found no crash, timeout or OOM).
+//! chain-map reader from the corpus that grew, found no crash, timeout or OOM). Findings of
+//! the `guest_xfs_log` target (XFS log recovery) are kept the same way, calling
+//! `guest::xfs::log::fuzz_one_log` (none so far: 137,322 executions over 7 minutes from the
+//! superblock and log of a kernel-made dirty image, then 198,921 over 5 minutes with a v4
+//! copy of it without record checksums added, found no crash, timeout or OOM).
 
 mod common;
 

@@ -348,3 +348,27 @@ fn many_checkpoints_match_the_kernel() {
     let r = compare(&img, dir.path(), "many checkpoints");
     assert!(r.stats.transactions > 100, "{:?}", r.stats);
 }
+
+/// 4 KiB sectors (log records aligned to 4 KiB) and a 32 KiB log stripe unit (records
+/// padded to it, larger record headers).
+#[test]
+fn sector_4k_and_log_stripe_unit_match_the_kernel() {
+    let s = GuestScratch::new(TreeOptions {
+        big_sparse: false,
+        big_dir_entries: 50,
+    });
+    for (name, args) in [
+        ("sect4k.raw", &["-s", "size=4096"][..]),
+        ("lsunit.raw", &["-l", "su=64k"][..]),
+    ] {
+        let img = s.path(name);
+        mkfs_xfs(&img, "96M", args);
+        make_dirty(&img, |_| {}, |m| churn(m, &s.tree()));
+        let (_, geo) = geometry(&img);
+        eprintln!(
+            "{name}: logsectsize {} logsunit {}",
+            geo.logsectsize, geo.logsunit
+        );
+        compare(&img, s.dir.path(), name);
+    }
+}

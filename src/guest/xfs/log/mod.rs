@@ -35,6 +35,10 @@
 //! (the filesystem as of its last checkpoint written in place) and says why in
 //! [`ReplayStats::fell_back`]. Never half a transaction.
 //!
+//! After replay the kernel also frees the inodes left on the AGI unlinked lists (removed
+//! while open, or not yet inactivated when the log stopped); here they stay allocated, with
+//! no name reaching them, so no file view differs (free-space counts do).
+//!
 //! Memory: the log is read twice, record by record (at most 264 KiB at a time); transactions
 //! in flight hold their logged regions (at most the log's size); the overlay holds at most
 //! 16 times the log's size (beyond that the recovery falls back). Every loop is bounded by the
@@ -277,6 +281,10 @@ impl LogOverlay {
     pub(crate) fn put_sector(&mut self, sector: u64, bytes: &[u8]) {
         self.sectors.insert(sector, bytes.into());
     }
+
+    pub(crate) fn remove_sector(&mut self, sector: u64) {
+        self.sectors.remove(&sector);
+    }
 }
 
 /// What a recovery found and did.
@@ -359,6 +367,21 @@ pub fn recover(dev: &dyn ByteSource, geo: &LogGeometry) -> Result<Recovery, Gues
             stats.fell_back = Some(why);
         }
     }
+    ::log::info!(
+        "XFS log replayed in memory: {} records, {} transactions ({} uncommitted dropped), \
+         {} buffers ({} skipped as newer on disk, {} cancelled), {} inodes, {} inode chunks, \
+         {} quota items skipped, {} free-space intents left to the kernel",
+        stats.records,
+        stats.transactions,
+        stats.uncommitted,
+        stats.buffers_replayed,
+        stats.buffers_skipped_lsn,
+        stats.cancelled_items,
+        stats.inodes_replayed,
+        stats.icreates,
+        stats.dquots_skipped,
+        stats.unfinished_free_space_intents
+    );
     let overlay = if stats.fell_back.is_some() {
         ::log::warn!(
             "XFS log not replayed, showing the last checkpoint: {}",

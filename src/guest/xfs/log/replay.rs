@@ -180,6 +180,13 @@ struct BufLayout {
 }
 
 fn buf_layout(buf: &[u8], geo: &LogGeometry) -> Option<BufLayout> {
+    // Inode and quota buffers have no buffer-wide LSN: replayed immediately.
+    if matches!(
+        u16::from_be_bytes(super::super::super::bytes::read_array(buf, 0)),
+        0x494e | 0x4451
+    ) {
+        return None;
+    }
     let l = |lsn, crc, uuid| BufLayout {
         lsn,
         crc: Some(crc),
@@ -281,9 +288,21 @@ impl<'a> Replay<'a> {
         Ok(buf)
     }
 
+    /// Keeps the sectors of `buf` that differ from the device (a sector replayed back to
+    /// its on-disk bytes is dropped): an inode item holds the sector of its inode, not the
+    /// whole cluster.
     fn write_buf(&mut self, daddr: u64, buf: &[u8]) -> Result<(), ScanError> {
-        for (i, chunk) in buf.chunks(BBSIZE as usize).enumerate() {
-            self.work.put_sector(daddr + i as u64, chunk);
+        let mut disk = vec![0u8; buf.len()];
+        self.dev.read_exact_at(&mut disk, daddr * BBSIZE)?;
+        let sectors = buf
+            .chunks(BBSIZE as usize)
+            .zip(disk.chunks(BBSIZE as usize));
+        for (i, (chunk, on_disk)) in sectors.enumerate() {
+            if chunk == on_disk {
+                self.work.remove_sector(daddr + i as u64);
+            } else {
+                self.work.put_sector(daddr + i as u64, chunk);
+            }
         }
         if self.work.bytes_held() > self.max_bytes {
             return Err(ScanError::FallBack(format!(
@@ -455,7 +474,8 @@ impl<'a> Replay<'a> {
         }
         let map: Vec<u32> = (0..map_size).map(|i| host32(r0, 20 + 4 * i, be)).collect();
         let mut buf = self.read_buf(daddr, nbb)?;
-        if self.geo.v5 {
+        // Inode buffers carry no buffer LSN (only each inode its own): always replayed.
+        if self.geo.v5 && flags & XFS_BLF_INODE_BUF == 0 {
             if let Some(layout) = buf_layout(&buf, self.geo) {
                 let lsn = read_u64be(&buf, layout.lsn);
                 let uuid: [u8; 16] = super::super::super::bytes::read_array(&buf, layout.uuid);
