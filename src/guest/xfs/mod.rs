@@ -112,30 +112,17 @@ impl Xfs {
     /// is an error (the kernel refuses to mount it too); a replay that cannot be done
     /// faithfully falls back to the filesystem as of its last checkpoint, with a warning.
     pub fn open(dev: Arc<dyn ByteSource>, cache: Arc<MetadataCache>) -> Result<Xfs, GuestError> {
+        // The superblock's own checks first, so a damaged one is named as such.
+        let unreplayed = Xfs::open_without_replay(dev.clone(), cache.clone())?;
         let mut s = vec![0u8; log::BBSIZE as usize];
         dev.read_exact_at(&mut s, 0)?;
         let geometry = log::LogGeometry::from_superblock(&s, dev.byte_len()?)?;
+        // The recovery logs what it replayed, or why it fell back (then the overlay is empty:
+        // the last checkpoint).
         let recovery = log::recover(dev.as_ref(), &geometry)?;
-        let stats = &recovery.stats;
-        if let Some(why) = &stats.fell_back {
-            ::log::warn!(
-                "xfs: the log needs recovery that cannot be replayed here ({why}): shown as of its last checkpoint, without the log's last {} transactions",
-                stats.transactions
-            );
-            return Xfs::open_with_overlay(dev, cache, Box::new(NoReplay));
+        if recovery.overlay.is_empty() {
+            return Ok(unreplayed);
         }
-        if stats.clean {
-            return Xfs::open_with_overlay(dev, cache, Box::new(NoReplay));
-        }
-        ::log::info!(
-            "xfs: log needs recovery: replayed {} transactions ({} buffers, {} inodes, {} inode chunks; {} uncommitted dropped) in memory, {} KiB",
-            stats.transactions,
-            stats.buffers_replayed,
-            stats.inodes_replayed,
-            stats.icreates,
-            stats.uncommitted,
-            recovery.overlay.bytes_held() >> 10
-        );
         Xfs::open_with_overlay(dev, cache, Box::new(recovery.overlay))
     }
 
