@@ -18,6 +18,8 @@
 //!                   journal/ (JBD2 recovery, replayed in memory as a block overlay)
 //!   fat/            FAT12/FAT16/FAT32 with VFAT long names: boot sector, allocation table and
 //!                   cluster chains, directories, names, times; synthesized inode numbers
+//!   ntfs/           NTFS: boot sector, MFT records with fixups, attribute lists, run lists,
+//!                   $I30 index B+trees, LZNT1 compression, reparse points and Interix links
 //! ```
 //!
 //! A new format is a new folder implementing [`GuestFs`] plus one probe in
@@ -38,6 +40,7 @@
 pub mod error;
 pub mod ext4;
 pub mod fat;
+pub mod ntfs;
 pub mod partition;
 
 mod bytes;
@@ -150,6 +153,9 @@ pub fn open_filesystem(
     }
     if fat::probe(dev.as_ref())? {
         return Ok(Some(Box::new(fat::Fat::open(dev, cache)?)));
+    }
+    if ntfs::probe(dev.as_ref())? {
+        return Ok(Some(Box::new(ntfs::Ntfs::open(dev, cache)?)));
     }
     Ok(None)
 }

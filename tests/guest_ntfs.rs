@@ -1,0 +1,385 @@
+//! NTFS against ntfs-3g: images made by mkntfs and filled through an ntfs-3g mount (long
+//! and Unicode names, nested directories, a directory of thousands of entries whose index
+//! has several levels, empty, resident and large files, sparse files, a file whose run list
+//! spreads over several extension records, hard links, a file with 31 names, Interix
+//! symlinks and special files, reparse-point symlinks, alternate data streams, compressed
+//! files), on a whole disk and in MBR and GPT partitions. The parser's walk must equal what
+//! ntfs-3g's own read-only mount of the same bytes shows: every name, type, mode, owner,
+//! size, st_blocks, link count, time, byte, symlink target, xattr and hard-link class.
+//! Hostile images give their exact error. Needs ntfs-3g (mkntfs, ntfs-3g), attr and fdisk.
+
+mod common;
+#[path = "common/ntfs.rs"]
+mod ntfs_helpers;
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::guest::{
+    assert_manifests_eq, cache, corrupt, kernel_manifest, open_volumes, parser_manifest,
+    partitioned_disk, patch,
+};
+use ntfs_helpers::*;
+use virtsnapfs::guest::ntfs::Ntfs;
+use virtsnapfs::guest::{self, CorruptKind, FileKind, GuestError, GuestFs};
+use virtsnapfs::source::{ByteSource, FileSource};
+
+fn open_img(img: &Path) -> Result<Box<dyn GuestFs>, GuestError> {
+    let src: Arc<dyn ByteSource> = Arc::new(FileSource::open(img).unwrap());
+    guest::open_filesystem(src, cache()).map(|f| f.expect("an NTFS filesystem"))
+}
+
+fn ntfs(img: &Path) -> Ntfs {
+    let src: Arc<dyn ByteSource> = Arc::new(FileSource::open(img).unwrap());
+    Ntfs::open(src, cache()).unwrap()
+}
+
+fn path_ino(fs: &dyn GuestFs, path: &str) -> u64 {
+    let mut ino = fs.root();
+    for part in path.split('/') {
+        ino = fs
+            .lookup(ino, part.as_bytes())
+            .unwrap()
+            .unwrap_or_else(|| panic!("no {path}"));
+    }
+    ino
+}
+
+/// Compares the parser's view of `fs` with ntfs-3g's read-only mount of `img`.
+fn compare_with_ntfs3g(fs: &dyn GuestFs, img: &Path, what: &str) -> usize {
+    let m = NtfsMount::new(img, &["ro"]);
+    let theirs = kernel_manifest(m.path());
+    let ours = parser_manifest(fs);
+    assert_manifests_eq(&ours, &theirs, what);
+    theirs.len()
+}
+
+#[test]
+fn whole_volume_matches_ntfs3g() {
+    let (_dir, img) = scratch();
+    make_ntfs(&img, "96M", 3000);
+    let fs = open_img(&img).unwrap();
+    assert_eq!(fs.format_name(), "ntfs");
+    let n = compare_with_ntfs3g(fs.as_ref(), &img, "whole volume");
+    // What the comparison covered.
+    let big = path_ino(fs.as_ref(), "big");
+    assert_eq!(fs.read_dir(big).unwrap().len(), 3000);
+    assert!(
+        fs.attr(big).unwrap().size > 8 * 4096,
+        "big/ has index blocks"
+    );
+    let text = fs.attr(path_ino(fs.as_ref(), "compressed/text")).unwrap();
+    assert!(
+        text.blocks * 512 < text.size / 4,
+        "compressed/text is compressed: {text:?}"
+    );
+    let holes = fs.attr(path_ino(fs.as_ref(), "holes")).unwrap();
+    assert!(holes.blocks * 512 < holes.size / 10, "holes is sparse");
+    let linked = fs.attr(path_ino(fs.as_ref(), "links/origin")).unwrap();
+    assert_eq!(linked.nlink, 31);
+    assert_eq!(
+        fs.attr(path_ino(fs.as_ref(), "reparse-link")).unwrap().kind,
+        FileKind::Symlink
+    );
+    assert_eq!(fs.root(), 5);
+    // ntfs-3g gave these files attribute lists (the run list of many-runs in pieces in
+    // several extension records).
+    for (file, pieces) in [("many-runs", 2), ("links/origin", 1), ("streams", 1)] {
+        let info = common::guest::sh(
+            "ntfsinfo",
+            &["-F", &format!("/{file}"), img.to_str().unwrap()],
+        );
+        assert!(
+            info.contains("$ATTRIBUTE_LIST"),
+            "{file} has no attribute list"
+        );
+        let data = info.matches("Dumping attribute $DATA (0x80)").count();
+        assert!(data >= pieces, "{file}: {data} $DATA pieces");
+    }
+    eprintln!("compared {n} paths with ntfs-3g");
+}
+
+#[test]
+fn mbr_and_gpt_partitions_match_ntfs3g() {
+    let (dir, img) = scratch();
+    make_ntfs(&img, "40M", 300);
+    for (label, script, names) in [
+        (
+            "mbr",
+            "label: dos\nstart=2048, size=90112, type=7\nstart=92160, size=90112, type=7\n",
+            ["vda1", "vda2"],
+        ),
+        (
+            "gpt",
+            "label: gpt\nstart=2048, size=90112, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7\nstart=92160, size=90112, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7\n",
+            ["vda1", "vda2"],
+        ),
+    ] {
+        let disk = dir.path().join(format!("{label}.raw"));
+        partitioned_disk(&disk, "100M", script, &[(1, &img), (2, &img)]);
+        let volumes = open_volumes(&disk, "vda");
+        let found: Vec<&str> = volumes.keys().map(String::as_str).collect();
+        assert_eq!(found, names, "{label}");
+        for (name, (_, fs)) in &volumes {
+            assert_eq!(fs.format_name(), "ntfs");
+            compare_with_ntfs3g(fs.as_ref(), &img, &format!("{label} {name}"));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Hostile images: each check on untrusted bytes gives its own error.
+
+/// A small image with a few files; returns (scratch, image).
+fn small_image() -> (tempfile::TempDir, std::path::PathBuf) {
+    let (dir, img) = scratch();
+    mkntfs(&img, "16M", &[]);
+    let m = NtfsMount::new(&img, &[]);
+    fs::write(m.path().join("file"), pattern(50_000, 1)).unwrap();
+    fs::create_dir(m.path().join("big")).unwrap();
+    for i in 0..400 {
+        fs::write(
+            m.path()
+                .join("big")
+                .join(format!("entry {i:04} with a name")),
+            b"",
+        )
+        .unwrap();
+    }
+    m.unmount();
+    (dir, img)
+}
+
+/// Byte position of MFT record `n` in the image (the MFT of a fresh small volume is one
+/// extent from its first cluster).
+fn record_pos(img: &Path, n: u64) -> u64 {
+    let g = ntfs(img).geometry().clone();
+    g.mft_lcn * g.cluster_size + n * u64::from(g.record_size)
+}
+
+/// The fixed-up bytes of record `n` and the byte offsets (within it) of its attributes of
+/// `type_code`.
+fn record_attrs(img: &Path, n: u64, type_code: u32) -> (Vec<u8>, Vec<usize>) {
+    use virtsnapfs::guest::ntfs::record;
+    let g = ntfs(img).geometry().clone();
+    let mut rec = vec![0u8; g.record_size as usize];
+    use std::os::unix::fs::FileExt;
+    fs::File::open(img)
+        .unwrap()
+        .read_exact_at(&mut rec, record_pos(img, n))
+        .unwrap();
+    record::apply_fixups(&mut rec, b"FILE").unwrap();
+    let h = record::RecordHeader::parse(&rec).unwrap();
+    let mut at = h.attrs_offset;
+    let mut found = Vec::new();
+    loop {
+        let t = u32::from_le_bytes(rec[at..at + 4].try_into().unwrap());
+        if t == 0xFFFF_FFFF {
+            break;
+        }
+        if t == type_code {
+            found.push(at);
+        }
+        at += u32::from_le_bytes(rec[at + 4..at + 8].try_into().unwrap()) as usize;
+    }
+    (rec, found)
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes(b[at..at + 2].try_into().unwrap())
+}
+
+#[test]
+fn bad_boot_sector_is_rejected() {
+    let (_dir, img) = small_image();
+    patch(&img, 11, &1000u16.to_le_bytes());
+    assert_eq!(
+        corrupt(open_img(&img).err().unwrap()),
+        CorruptKind::NtfsBytesPerSector
+    );
+    // Without the OEM id it is not NTFS at all: not shown.
+    patch(&img, 3, b"XXXX");
+    let src: Arc<dyn ByteSource> = Arc::new(FileSource::open(&img).unwrap());
+    assert!(guest::open_filesystem(src, cache()).unwrap().is_none());
+}
+
+#[test]
+fn volume_larger_than_its_device_is_rejected() {
+    let (_dir, img) = small_image();
+    patch(&img, 0x28, &(1u64 << 40).to_le_bytes());
+    assert_eq!(
+        corrupt(open_img(&img).err().unwrap()),
+        CorruptKind::NtfsTotalSectors
+    );
+}
+
+#[test]
+fn torn_record_fails_its_fixup() {
+    let (_dir, img) = small_image();
+    let fs = open_img(&img).unwrap();
+    let file = fs.lookup(fs.root(), b"file").unwrap().unwrap();
+    drop(fs);
+    let at = record_pos(&img, file) + 510;
+    patch(&img, at, &[0x5A, 0xA5]);
+    let fs = open_img(&img).unwrap();
+    assert_eq!(
+        corrupt(fs.attr(file).unwrap_err()),
+        CorruptKind::NtfsFixupMismatch
+    );
+    // The root's record torn: the volume does not open.
+    patch(&img, record_pos(&img, 5) + 1022, &[0x5A, 0xA5]);
+    assert_eq!(
+        corrupt(open_img(&img).err().unwrap()),
+        CorruptKind::NtfsFixupMismatch
+    );
+}
+
+#[test]
+fn attribute_running_past_its_record_is_rejected() {
+    let (_dir, img) = small_image();
+    let fs = open_img(&img).unwrap();
+    let file = fs.lookup(fs.root(), b"file").unwrap().unwrap();
+    drop(fs);
+    let (_, data) = record_attrs(&img, file, 0x80);
+    patch(
+        &img,
+        record_pos(&img, file) + data[0] as u64 + 4,
+        &0x800u32.to_le_bytes(),
+    );
+    let fs = open_img(&img).unwrap();
+    assert_eq!(
+        corrupt(fs.attr(file).unwrap_err()),
+        CorruptKind::NtfsAttrHeader
+    );
+}
+
+#[test]
+fn run_pointing_past_the_volume_is_rejected() {
+    let (_dir, img) = small_image();
+    let fs = open_img(&img).unwrap();
+    let file = fs.lookup(fs.root(), b"file").unwrap().unwrap();
+    drop(fs);
+    let (rec, data) = record_attrs(&img, file, 0x80);
+    let a = data[0];
+    let pairs = a + usize::from(u16_at(&rec, a + 0x20));
+    let header = rec[pairs];
+    let (len_bytes, off_bytes) = (usize::from(header & 0xF), usize::from(header >> 4));
+    assert!(off_bytes > 0);
+    // The LCN's highest byte: far past the 16 MiB volume, still positive.
+    let top = pairs + len_bytes + off_bytes;
+    patch(&img, record_pos(&img, file) + top as u64, &[0x70]);
+    let fs = open_img(&img).unwrap();
+    assert_eq!(
+        corrupt(fs.attr(file).unwrap_err()),
+        CorruptKind::NtfsRunRange
+    );
+}
+
+#[test]
+fn absurd_sizes_are_rejected() {
+    let (_dir, img) = small_image();
+    let fs = open_img(&img).unwrap();
+    let file = fs.lookup(fs.root(), b"file").unwrap().unwrap();
+    drop(fs);
+    let (_, data) = record_attrs(&img, file, 0x80);
+    // data_size far beyond the allocated size.
+    patch(
+        &img,
+        record_pos(&img, file) + data[0] as u64 + 0x30,
+        &(1u64 << 62).to_le_bytes(),
+    );
+    let fs = open_img(&img).unwrap();
+    assert_eq!(
+        corrupt(fs.attr(file).unwrap_err()),
+        CorruptKind::NtfsAttrSize
+    );
+    // An inode number past the MFT.
+    assert_eq!(
+        corrupt(fs.attr(1 << 40).unwrap_err()),
+        CorruptKind::NtfsInodeNumber
+    );
+}
+
+#[test]
+fn index_that_loops_is_rejected() {
+    use std::os::unix::fs::FileExt;
+    use virtsnapfs::guest::ntfs::{record, runlist};
+    let (_dir, img) = small_image();
+    let fs = open_img(&img).unwrap();
+    let big = fs.lookup(fs.root(), b"big").unwrap().unwrap();
+    assert_eq!(fs.read_dir(big).unwrap().len(), 400);
+    drop(fs);
+    let g = ntfs(&img).geometry().clone();
+    // The root's last entry leads to the top index block (ntfs-3g keeps only that entry
+    // in the root of a large directory).
+    let (rec, roots) = record_attrs(&img, big, 0x90);
+    let a = roots[0];
+    let value = a + usize::from(u16_at(&rec, a + 0x14));
+    let hdr = value + 0x10;
+    let mut at = hdr + u32::from_le_bytes(rec[hdr..hdr + 4].try_into().unwrap()) as usize;
+    while u16_at(&rec, at + 12) & 2 == 0 {
+        at += usize::from(u16_at(&rec, at + 8));
+    }
+    assert_eq!(u16_at(&rec, at + 12) & 1, 1, "the root has a subnode");
+    let len = usize::from(u16_at(&rec, at + 8));
+    let top_vcn = u64::from_le_bytes(rec[at + len - 8..at + len].try_into().unwrap());
+    // Where that block is: $INDEX_ALLOCATION's runs (VCNs in clusters: 4 KiB blocks).
+    let (rec, allocs) = record_attrs(&img, big, 0xA0);
+    let a = allocs[0];
+    let pairs = a + usize::from(u16_at(&rec, a + 0x20));
+    let highest = u64::from_le_bytes(rec[a + 0x18..a + 0x20].try_into().unwrap());
+    let mut runs = Vec::new();
+    runlist::decode(&rec[pairs..], 0, highest, g.total_clusters, &mut runs).unwrap();
+    let run = runlist::find(&runs, top_vcn).unwrap();
+    let block_pos = (run.lcn.unwrap() + top_vcn - run.vcn) * g.cluster_size;
+    let mut block = vec![0u8; 4096];
+    fs::File::open(&img)
+        .unwrap()
+        .read_exact_at(&mut block, block_pos)
+        .unwrap();
+    record::apply_fixups(&mut block, b"INDX").unwrap();
+    // Point an entry of the top block back at the top block itself (a field clear of the
+    // fixup positions).
+    let mut at = 0x18 + u32::from_le_bytes(block[0x18..0x1C].try_into().unwrap()) as usize;
+    let field = loop {
+        let len = usize::from(u16_at(&block, at + 8));
+        let flags = u16_at(&block, at + 12);
+        assert_eq!(flags & 1, 1, "the top block has subnodes");
+        let f = at + len - 8;
+        if f % 512 < 502 {
+            break f;
+        }
+        at += len;
+    };
+    patch(&img, block_pos + field as u64, &top_vcn.to_le_bytes());
+    let fs = open_img(&img).unwrap();
+    assert_eq!(
+        corrupt(fs.read_dir(big).unwrap_err()),
+        CorruptKind::NtfsIndexLoop
+    );
+    assert_eq!(
+        corrupt(fs.lookup(big, b"nothing").unwrap_err()),
+        CorruptKind::NtfsIndexLoop
+    );
+}
+
+#[test]
+fn metadata_files_are_hidden() {
+    let (_dir, img) = small_image();
+    let fs = open_img(&img).unwrap();
+    let names: Vec<Vec<u8>> = fs
+        .read_dir(fs.root())
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, vec![b"big".to_vec(), b"file".to_vec()]);
+    for name in ["$MFT", "$Bitmap", "$Extend", "$Volume", "."] {
+        assert_eq!(fs.lookup(fs.root(), name.as_bytes()).unwrap(), None);
+    }
+    assert_eq!(
+        corrupt(fs.attr(0).unwrap_err()),
+        CorruptKind::NtfsInodeNumber
+    );
+}
