@@ -97,6 +97,32 @@ fn whole_volume_matches_ntfs3g() {
         let data = info.matches("Dumping attribute $DATA (0x80)").count();
         assert!(data >= pieces, "{file}: {data} $DATA pieces");
     }
+    // Every name of big/ is found by the index search, which descends three levels;
+    // a name that is not there is not; names differing in case are found as ntfs-3g finds
+    // them (its names are in the POSIX namespace: not at all).
+    let started = std::time::Instant::now();
+    let entries = fs.read_dir(big).unwrap();
+    for e in &entries {
+        assert_eq!(fs.lookup(big, &e.name).unwrap(), Some(e.ino));
+    }
+    eprintln!(
+        "{} lookups in big/ took {:?}",
+        entries.len(),
+        started.elapsed()
+    );
+    let ro = NtfsMount::new(&img, &["ro"]);
+    for name in [
+        "entry number 00042 with a long name.txt",
+        "ENTRY NUMBER 00042 WITH A LONG NAME.TXT",
+        "entry number 00042 with a long name.txt.no",
+        "entry number 0004",
+        "zzz",
+        "",
+    ] {
+        let theirs = ro.path().join("big").join(name).exists() && !name.is_empty();
+        let ours = fs.lookup(big, name.as_bytes()).unwrap();
+        assert_eq!(ours.is_some(), theirs, "{name:?}");
+    }
     eprintln!("compared {n} paths with ntfs-3g");
 }
 
@@ -359,7 +385,7 @@ fn index_that_loops_is_rejected() {
         CorruptKind::NtfsIndexLoop
     );
     assert_eq!(
-        corrupt(fs.lookup(big, b"nothing").unwrap_err()),
+        corrupt(fs.lookup(big, b"a").unwrap_err()),
         CorruptKind::NtfsIndexLoop
     );
 }
@@ -381,5 +407,326 @@ fn metadata_files_are_hidden() {
     assert_eq!(
         corrupt(fs.attr(0).unwrap_err()),
         CorruptKind::NtfsInodeNumber
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Links, holes, other reparse points, dirty volumes, threads.
+
+/// A `$REPARSE_POINT` value with `tag` and `data`.
+fn reparse(tag: u32, data: &[u8]) -> Vec<u8> {
+    let mut v = tag.to_le_bytes().to_vec();
+    v.extend_from_slice(&(data.len() as u16).to_le_bytes());
+    v.extend_from_slice(&[0, 0]);
+    v.extend_from_slice(data);
+    v
+}
+
+/// A junction (mount point) value to `target`.
+fn junction(target: &str) -> Vec<u8> {
+    let t: Vec<u8> = target.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let n = t.len() as u16;
+    let mut data = Vec::new();
+    for v in [0, n, n + 2, n] {
+        data.extend_from_slice(&v.to_le_bytes());
+    }
+    data.extend_from_slice(&t);
+    data.extend_from_slice(&[0, 0]);
+    data.extend_from_slice(&t);
+    data.extend_from_slice(&[0, 0]);
+    reparse(0xA000_0003, &data)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .fold(String::from("0x"), |s, b| s + &format!("{b:02x}"))
+}
+
+#[test]
+fn absolute_links_and_junctions_lose_only_ntfs3g_mount_prefix() {
+    let (_dir, img) = scratch();
+    mkntfs(&img, "16M", &[]);
+    let m = NtfsMount::new(&img, &[]);
+    let links = [
+        (
+            "abs-link",
+            symlink_reparse(r"\??\C:\Windows\System32", false),
+            false,
+        ),
+        ("junction", junction(r"\??\D:\Data\Shared"), true),
+    ];
+    for (name, value, dir) in &links {
+        let path = m.path().join(name);
+        if *dir {
+            fs::create_dir(&path).unwrap();
+        } else {
+            fs::write(&path, b"").unwrap();
+        }
+        setfattr(&path, "system.ntfs_reparse_data", &hex(value));
+    }
+    m.unmount();
+    let fs = open_img(&img).unwrap();
+    let ro = NtfsMount::new(&img, &["ro"]);
+    for (name, want, _) in [
+        ("abs-link", "C:/Windows/System32", false),
+        ("junction", "D:/Data/Shared", true),
+    ] {
+        let ino = fs.lookup(fs.root(), name.as_bytes()).unwrap().unwrap();
+        assert_eq!(fs.attr(ino).unwrap().kind, FileKind::Symlink);
+        let ours = fs.read_link(ino).unwrap();
+        assert_eq!(ours, want.as_bytes());
+        let theirs = fs::read_link(ro.path().join(name)).unwrap();
+        let prefix = ro.path().join(".NTFS-3G");
+        assert_eq!(
+            theirs.strip_prefix(&prefix).unwrap().to_str().unwrap(),
+            want,
+            "ntfs-3g's target of {name}"
+        );
+        assert_eq!(fs.attr(ino).unwrap().size, ours.len() as u64);
+    }
+}
+
+#[test]
+fn reparse_point_of_another_kind_is_listed_but_not_read() {
+    let (_dir, img) = scratch();
+    mkntfs(&img, "16M", &[]);
+    let m = NtfsMount::new(&img, &[]);
+    let path = m.path().join("wof-compressed");
+    fs::write(&path, pattern(10_000, 3)).unwrap();
+    // IO_REPARSE_TAG_WOF: the file's real data would be elsewhere.
+    setfattr(
+        &path,
+        "system.ntfs_reparse_data",
+        &hex(&reparse(
+            0x8000_0017,
+            &[1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        )),
+    );
+    m.unmount();
+    let fs = open_img(&img).unwrap();
+    let ino = fs.lookup(fs.root(), b"wof-compressed").unwrap().unwrap();
+    let entries = fs.read_dir(fs.root()).unwrap();
+    assert_eq!(entries[0].kind, FileKind::File);
+    let a = fs.attr(ino).unwrap();
+    assert_eq!((a.kind, a.size), (FileKind::File, 10_000));
+    let mut buf = [0u8; 100];
+    assert!(matches!(
+        fs.read(ino, 0, &mut buf),
+        Err(GuestError::Unsupported(_))
+    ));
+}
+
+#[test]
+fn holes_are_found_by_next_data() {
+    let (_dir, img) = scratch();
+    mkntfs(&img, "32M", &[]);
+    let m = NtfsMount::new(&img, &[]);
+    let path = m.path().join("holes");
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = fs::File::create(&path).unwrap();
+        f.write_all(&pattern(4096, 1)).unwrap();
+        f.seek(SeekFrom::Start(300 * 1024)).unwrap();
+        f.write_all(&pattern(10_000, 2)).unwrap();
+        f.seek(SeekFrom::Start((5 << 20) - 5)).unwrap();
+        f.write_all(b"tail!").unwrap();
+    }
+    m.unmount();
+    let fs = open_img(&img).unwrap();
+    let ino = fs.lookup(fs.root(), b"holes").unwrap().unwrap();
+    let end = 5u64 << 20;
+    assert_eq!(fs.next_data(ino, 0).unwrap(), Some((0, 4096)));
+    assert_eq!(fs.next_data(ino, 4096).unwrap(), Some((307_200, 319_488)));
+    assert_eq!(
+        fs.next_data(ino, 310_000).unwrap(),
+        Some((310_000, 319_488))
+    );
+    assert_eq!(fs.next_data(ino, 319_488).unwrap(), Some((end - 4096, end)));
+    assert_eq!(fs.next_data(ino, end).unwrap(), None);
+    // The holes read as zeros.
+    let mut buf = vec![0xAAu8; 8192];
+    assert_eq!(fs.read(ino, 100_000, &mut buf).unwrap(), 8192);
+    assert!(buf.iter().all(|&b| b == 0));
+}
+
+#[test]
+fn dirty_volume_is_shown_as_it_is() {
+    let (_dir, img) = small_image();
+    let before = parser_manifest(open_img(&img).unwrap().as_ref());
+    // $Volume's $VOLUME_INFORMATION flags: VOLUME_IS_DIRTY.
+    let (rec, infos) = record_attrs(&img, 3, 0x70);
+    let a = infos[0];
+    let value = a + usize::from(u16_at(&rec, a + 0x14));
+    let flags = u16_at(&rec, value + 0x0A) | 1;
+    patch(
+        &img,
+        record_pos(&img, 3) + value as u64 + 0x0A,
+        &flags.to_le_bytes(),
+    );
+    let after = parser_manifest(open_img(&img).unwrap().as_ref());
+    assert_manifests_eq(&after, &before, "dirty volume");
+}
+
+#[test]
+fn threads_reading_at_once_see_the_same_bytes() {
+    let (_dir, img) = scratch();
+    make_ntfs(&img, "64M", 200);
+    let fs: Arc<dyn GuestFs> = Arc::from(open_img(&img).unwrap());
+    let files = [
+        "random-300k",
+        "compressed/text",
+        "compressed/mixed",
+        "many-runs",
+        "holes",
+        "hello",
+    ];
+    let read_all = |fs: &dyn GuestFs, ino: u64| {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 7001];
+        loop {
+            let n = fs.read(ino, out.len() as u64, &mut buf).unwrap();
+            if n == 0 {
+                return out;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    };
+    let ro = NtfsMount::new(&img, &["ro"]);
+    let expected: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| fs::read(ro.path().join(f)).unwrap())
+        .collect();
+    let inos: Vec<u64> = files.iter().map(|f| path_ino(fs.as_ref(), f)).collect();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let fs = fs.clone();
+            let inos = &inos;
+            let expected = &expected;
+            s.spawn(move || {
+                for round in 0..3 {
+                    for k in 0..inos.len() {
+                        let i = (k + t + round) % inos.len();
+                        assert!(
+                            read_all(fs.as_ref(), inos[i]) == expected[i],
+                            "{}",
+                            files[i]
+                        );
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn compressible(len: usize) -> Vec<u8> {
+    (0..len as u32)
+        .flat_map(|i| format!("line {} of a compressible file\n", i % 977).into_bytes())
+        .take(len)
+        .collect()
+}
+
+/// The runs of the unnamed $DATA of record `n` (one attribute piece).
+fn data_runs(img: &Path, n: u64) -> Vec<virtsnapfs::guest::ntfs::runlist::Run> {
+    let g = ntfs(img).geometry().clone();
+    let (rec, data) = record_attrs(img, n, 0x80);
+    let a = data[0];
+    let pairs = a + usize::from(u16_at(&rec, a + 0x20));
+    let highest = u64::from_le_bytes(rec[a + 0x18..a + 0x20].try_into().unwrap());
+    let mut runs = Vec::new();
+    virtsnapfs::guest::ntfs::runlist::decode(
+        &rec[pairs..],
+        0,
+        highest,
+        g.total_clusters,
+        &mut runs,
+    )
+    .unwrap();
+    runs
+}
+
+#[test]
+fn bad_compressed_data_is_rejected() {
+    let (_dir, img) = scratch();
+    mkntfs(&img, "16M", &[]);
+    let m = NtfsMount::new(&img, &[]);
+    fs::create_dir(m.path().join("c")).unwrap();
+    setfattr(&m.path().join("c"), "system.ntfs_attrib_be", "0x00000800");
+    let text = compressible(200_000);
+    fs::write(m.path().join("c/text"), &text).unwrap();
+    m.unmount();
+    let fs = open_img(&img).unwrap();
+    let ino = path_ino(fs.as_ref(), "c/text");
+    let mut buf = vec![0u8; 200_000];
+    assert_eq!(fs.read(ino, 0, &mut buf).unwrap(), 200_000);
+    assert!(buf == text);
+    drop(fs);
+    let runs = data_runs(&img, ino);
+    let g = ntfs(&img).geometry().clone();
+    // The first chunk: a back-reference before anything was written.
+    patch(
+        &img,
+        runs[0].lcn.unwrap() * g.cluster_size,
+        &[0x02, 0xB0, 0x01, 0x00, 0x00],
+    );
+    let fs = open_img(&img).unwrap();
+    assert_eq!(
+        corrupt(fs.read(ino, 0, &mut buf).unwrap_err()),
+        CorruptKind::NtfsCompressedData
+    );
+}
+
+#[test]
+fn attribute_list_naming_another_files_record_is_rejected() {
+    let (_dir, img) = scratch();
+    mkntfs(&img, "16M", &[]);
+    let m = NtfsMount::new(&img, &[]);
+    fs::write(m.path().join("other"), b"other\n").unwrap();
+    let streams = m.path().join("streams");
+    fs::write(&streams, b"streams\n").unwrap();
+    for i in 0..12 {
+        setfattr(&streams, &format!("user.s{i:02}"), &"v".repeat(60));
+    }
+    m.unmount();
+    let fs = open_img(&img).unwrap();
+    let file = fs.lookup(fs.root(), b"streams").unwrap().unwrap();
+    let other = fs.lookup(fs.root(), b"other").unwrap().unwrap();
+    assert_eq!(fs.xattrs(file).unwrap().len(), 12);
+    drop(fs);
+    // ntfs-3g keeps attribute lists non-resident: read the list from its cluster.
+    use std::os::unix::fs::FileExt;
+    let g = ntfs(&img).geometry().clone();
+    let (rec, lists) = record_attrs(&img, file, 0x20);
+    let a = lists[0];
+    assert_eq!(rec[a + 8], 1, "a non-resident attribute list");
+    let pairs = a + usize::from(u16_at(&rec, a + 0x20));
+    let len = u64::from_le_bytes(rec[a + 0x30..a + 0x38].try_into().unwrap()) as usize;
+    let mut runs = Vec::new();
+    virtsnapfs::guest::ntfs::runlist::decode(&rec[pairs..], 0, 0, g.total_clusters, &mut runs)
+        .unwrap();
+    let list_pos = runs[0].lcn.unwrap() * g.cluster_size;
+    let mut list = vec![0u8; len];
+    fs::File::open(&img)
+        .unwrap()
+        .read_exact_at(&mut list, list_pos)
+        .unwrap();
+    let mut at = 0;
+    let entry = loop {
+        assert!(at < len, "no entry in an extension record");
+        let mref = u64::from_le_bytes(list[at + 0x10..at + 0x18].try_into().unwrap());
+        if mref & ((1 << 48) - 1) != file {
+            break at;
+        }
+        at += usize::from(u16_at(&list, at + 4));
+    };
+    patch(
+        &img,
+        list_pos + entry as u64 + 0x10,
+        &other.to_le_bytes()[..6],
+    );
+    let fs = open_img(&img).unwrap();
+    assert_eq!(
+        corrupt(fs.attr(file).unwrap_err()),
+        CorruptKind::NtfsAttrList
     );
 }

@@ -8,6 +8,7 @@
 //! entries. Entries of the DOS namespace, of the volume's metadata files and the root's
 //! entry for itself are not passed on (ntfs-3g's `ntfs_filldir`).
 
+use std::cmp::Ordering;
 use std::collections::HashSet;
 use std::ops::ControlFlow;
 
@@ -74,6 +75,57 @@ impl Ntfs {
         dir: &Inode,
         f: &mut dyn FnMut(Entry) -> ControlFlow<()>,
     ) -> Result<(), GuestError> {
+        let (mut w, area) = self.walk(dir)?;
+        let _ = w.node(&area, 0, f)?;
+        Ok(())
+    }
+
+    /// Searches directory `dir` for the name of UTF-16 `target` by descending its B+tree
+    /// in `$UpCase` order, as Windows sorts it.
+    pub(crate) fn index_find(&self, dir: &Inode, target: &[u16]) -> Result<Found, GuestError> {
+        let (mut w, mut area) = self.walk(dir)?;
+        let up: Vec<u16> = target.iter().map(|&u| self.upcase(u)).collect();
+        for _ in 0..MAX_DEPTH {
+            let mut at = 0usize;
+            let vcn = loop {
+                let e = parse_entry(&area, at)?;
+                if let Some(key) = &e.key {
+                    let name = record::utf16_units(key.name);
+                    let key_up: Vec<u16> = name.iter().map(|&u| self.upcase(u)).collect();
+                    match up.cmp(&key_up) {
+                        Ordering::Greater => {
+                            at += e.length;
+                            continue;
+                        }
+                        Ordering::Equal => {
+                            let shown = name == target
+                                && key.namespace != NAMESPACE_DOS
+                                && e.record >= FIRST_USER_RECORD;
+                            return Ok(if shown {
+                                Found::Record(e.record)
+                            } else {
+                                Found::Ambiguous
+                            });
+                        }
+                        Ordering::Less => {}
+                    }
+                }
+                // Before this entry's key, or the node's end: its subnode, if any.
+                match e.subnode {
+                    Some(vcn) => break vcn,
+                    None => return Ok(Found::Absent),
+                }
+            };
+            let block = w.block(vcn)?;
+            area = entry_area(&block, 0x18)
+                .ok_or(CorruptKind::NtfsIndexBlock)?
+                .to_vec();
+        }
+        Err(CorruptKind::NtfsIndexTooDeep.into())
+    }
+
+    /// The walk state of directory `dir` and its root node's entries.
+    fn walk<'a>(&'a self, dir: &'a Inode) -> Result<(Walk<'a>, Vec<u8>), GuestError> {
         let root = dir
             .attrs
             .iter()
@@ -97,7 +149,7 @@ impl Ntfs {
         } else {
             9
         };
-        let mut w = Walk {
+        let w = Walk {
             fs: self,
             dir,
             block_size,
@@ -106,10 +158,80 @@ impl Ntfs {
             visited: HashSet::new(),
             entries: 0,
         };
-        let area = area.to_vec();
-        let _ = w.node(&area, 0, f)?;
-        Ok(())
+        Ok((w, area.to_vec()))
     }
+}
+
+/// What an index search found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found {
+    Record(u64),
+    Absent,
+    /// A name equal but for case (or a DOS or metadata name): the whole directory must be
+    /// read to decide.
+    Ambiguous,
+}
+
+/// An index entry's `$FILE_NAME` key, the parts used.
+struct Key<'a> {
+    /// UTF-16LE bytes.
+    name: &'a [u8],
+    namespace: u8,
+    file_attributes: u32,
+}
+
+/// One index entry, checked.
+struct RawEntry<'a> {
+    length: usize,
+    record: u64,
+    subnode: Option<u64>,
+    /// None for the node's last (end) entry.
+    key: Option<Key<'a>>,
+}
+
+/// Parses and checks the index entry at `at` of a node's entry `area`.
+fn parse_entry(area: &[u8], at: usize) -> Result<RawEntry<'_>, GuestError> {
+    let bad = || GuestError::from(CorruptKind::NtfsIndexEntry);
+    if at.checked_add(16).is_none_or(|e| e > area.len()) {
+        return Err(bad());
+    }
+    let mref = read_u64le(area, at);
+    let length = usize::from(read_u16le(area, at + 8));
+    let key_length = usize::from(read_u16le(area, at + 10));
+    let flags = read_u16le(area, at + 12);
+    if length < 16 || !length.is_multiple_of(8) || length > area.len() - at {
+        return Err(bad());
+    }
+    let e = &area[at..at + length];
+    let subnode = if flags & INDEX_ENTRY_NODE != 0 {
+        if length < 24 {
+            return Err(bad());
+        }
+        Some(read_u64le(e, length - 8))
+    } else {
+        None
+    };
+    let key = if flags & INDEX_ENTRY_END != 0 {
+        None
+    } else {
+        let key_room = length - 16 - if subnode.is_some() { 8 } else { 0 };
+        if key_length < 0x42 || key_length > key_room {
+            return Err(bad());
+        }
+        let key = &e[16..16 + key_length];
+        let name_len = usize::from(read_u8(key, 0x40));
+        Some(Key {
+            name: slice(key, 0x42, name_len * 2).ok_or(CorruptKind::NtfsFileName)?,
+            namespace: read_u8(key, 0x41),
+            file_attributes: read_u32le(key, 0x38),
+        })
+    };
+    Ok(RawEntry {
+        length,
+        record: mref & MREF_MASK,
+        subnode,
+        key,
+    })
 }
 
 /// The entries of an index node whose INDEX_HEADER is at `hdr` in `bytes`.
@@ -131,25 +253,10 @@ impl Walk<'_> {
         depth: usize,
         f: &mut dyn FnMut(Entry) -> ControlFlow<()>,
     ) -> Result<ControlFlow<()>, GuestError> {
-        let bad = || GuestError::from(CorruptKind::NtfsIndexEntry);
         let mut at = 0usize;
         loop {
-            if at.checked_add(16).is_none_or(|e| e > area.len()) {
-                return Err(bad());
-            }
-            let mref = read_u64le(area, at);
-            let length = usize::from(read_u16le(area, at + 8));
-            let key_length = usize::from(read_u16le(area, at + 10));
-            let flags = read_u16le(area, at + 12);
-            if length < 16 || !length.is_multiple_of(8) || length > area.len() - at {
-                return Err(bad());
-            }
-            let e = &area[at..at + length];
-            if flags & INDEX_ENTRY_NODE != 0 {
-                if length < 24 {
-                    return Err(bad());
-                }
-                let vcn = read_u64le(e, length - 8);
+            let e = parse_entry(area, at)?;
+            if let Some(vcn) = e.subnode {
                 if depth + 1 >= MAX_DEPTH {
                     return Err(CorruptKind::NtfsIndexTooDeep.into());
                 }
@@ -162,35 +269,26 @@ impl Walk<'_> {
                     return Ok(ControlFlow::Break(()));
                 }
             }
-            if flags & INDEX_ENTRY_END != 0 {
+            let Some(key) = e.key else {
                 return Ok(ControlFlow::Continue(()));
-            }
-            let key_room = length - 16 - if flags & INDEX_ENTRY_NODE != 0 { 8 } else { 0 };
-            if key_length < 0x42 || key_length > key_room {
-                return Err(bad());
-            }
-            let key = &e[16..16 + key_length];
-            let name_len = usize::from(read_u8(key, 0x40));
-            let namespace = read_u8(key, 0x41);
-            let name = slice(key, 0x42, name_len * 2).ok_or(CorruptKind::NtfsFileName)?;
+            };
             self.entries += 1;
             if self.entries > MAX_ENTRIES {
                 return Err(CorruptKind::NtfsDirTooLarge.into());
             }
-            let record = mref & MREF_MASK;
-            let metadata = record < FIRST_USER_RECORD;
-            if namespace != NAMESPACE_DOS && !metadata && record != ROOT_INO {
+            let metadata = e.record < FIRST_USER_RECORD;
+            if key.namespace != NAMESPACE_DOS && !metadata && e.record != ROOT_INO {
                 let entry = Entry {
-                    record,
-                    name: record::utf16_units(name),
-                    namespace,
-                    file_attributes: read_u32le(key, 0x38),
+                    record: e.record,
+                    name: record::utf16_units(key.name),
+                    namespace: key.namespace,
+                    file_attributes: key.file_attributes,
                 };
                 if f(entry).is_break() {
                     return Ok(ControlFlow::Break(()));
                 }
             }
-            at += length;
+            at += e.length;
         }
     }
 

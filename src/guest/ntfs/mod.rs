@@ -67,7 +67,7 @@ use std::sync::Arc;
 use crate::cache::{next_id, CacheKey, CacheValue, MetadataCache};
 use crate::source::ByteSource;
 
-use super::bytes::{read_u16le, read_u32le, read_u64le, read_u8};
+use super::bytes::{read_u16le, read_u32le, read_u64le};
 use super::{CorruptKind, FileKind, GuestAttr, GuestDirEntry, GuestError, GuestFs, GuestTime};
 use boot::{Geometry, BOOT_SECTOR_SIZE};
 use record::{
@@ -188,6 +188,9 @@ pub struct Ntfs {
     unit_id: u64,
     mft_runs: Vec<Run>,
     mft_records: u64,
+    /// `$UpCase`: the upper case of each UTF-16 unit, the order of directory indexes (at
+    /// most 65,536 units; units past its end are their own upper case).
+    upcase: Vec<u16>,
 }
 
 impl Ntfs {
@@ -214,6 +217,7 @@ impl Ntfs {
                 lcn: Some(geo.mft_lcn),
             }],
             mft_records: 1,
+            upcase: Vec::new(),
             geo,
         };
         let rec0 = fs.record(0)?;
@@ -260,6 +264,7 @@ impl Ntfs {
         if root.header.flags & MFT_RECORD_IS_DIRECTORY == 0 {
             return Err(CorruptKind::NtfsIndexRoot.into());
         }
+        fs.upcase = fs.read_upcase()?;
         fs.warn_if_dirty();
         Ok(fs)
     }
@@ -795,6 +800,23 @@ impl Ntfs {
         Ok(ino)
     }
 
+    /// The `$UpCase` table (record 10's data, at most 128 KiB).
+    fn read_upcase(&self) -> Result<Vec<u16>, GuestError> {
+        let ino = self.inode_unchecked(10)?;
+        let s = self
+            .stream(&ino, AT_DATA, &[])?
+            .ok_or(CorruptKind::NtfsAttrMissing)?;
+        let len = s.data_size.min(2 * 65536) as usize;
+        let mut bytes = vec![0u8; len];
+        self.read_stream(&s, 0, &mut bytes)?;
+        Ok(record::utf16_units(&bytes))
+    }
+
+    /// The upper case of a UTF-16 unit.
+    pub(crate) fn upcase(&self, u: u16) -> u16 {
+        self.upcase.get(usize::from(u)).copied().unwrap_or(u)
+    }
+
     /// Logs a warning when Windows did not leave the volume clean: its changes since may
     /// be in `$LogFile` only, which is not replayed.
     fn warn_if_dirty(&self) {
@@ -867,6 +889,30 @@ fn own(a: record::RawAttr<'_>) -> Attr {
     }
 }
 
+impl Ntfs {
+    /// Lookup by reading the whole directory: the exact name, else a Win32 name equal to it
+    /// but for ASCII case.
+    fn scan_lookup(&self, d: &Inode, name: &[u8]) -> Result<Option<u64>, GuestError> {
+        let mut exact = None;
+        let mut folded = None;
+        self.for_each_entry(d, &mut |e| {
+            let shown = name::to_bytes(&e.name);
+            if shown == name {
+                exact = Some(e.record);
+                return std::ops::ControlFlow::Break(());
+            }
+            if folded.is_none()
+                && e.namespace != index::NAMESPACE_POSIX
+                && shown.eq_ignore_ascii_case(name)
+            {
+                folded = Some(e.record);
+            }
+            std::ops::ControlFlow::Continue(())
+        })?;
+        Ok(exact.or(folded))
+    }
+}
+
 impl GuestFs for Ntfs {
     fn format_name(&self) -> &'static str {
         "ntfs"
@@ -883,23 +929,20 @@ impl GuestFs for Ntfs {
 
     fn lookup(&self, dir: u64, name: &[u8]) -> Result<Option<u64>, GuestError> {
         let d = self.dir_inode(dir)?;
-        let mut exact = None;
-        let mut folded = None;
-        self.for_each_entry(&d, &mut |e| {
-            let shown = name::to_bytes(&e.name);
-            if shown == name {
-                exact = Some(e.record);
-                return std::ops::ControlFlow::Break(());
+        // A name no stored name gives (not WTF-8) is not there; one that may stand for a
+        // mapped `/` or NUL, or whose index search meets a name equal but for case, is
+        // looked for in the whole directory.
+        let Some(units) = name::to_units(name) else {
+            return Ok(None);
+        };
+        if !units.iter().any(|&u| u == 0x2215 || u == 0x2400) {
+            match self.index_find(&d, &units)? {
+                index::Found::Record(r) => return Ok(Some(r)),
+                index::Found::Absent => return Ok(None),
+                index::Found::Ambiguous => {}
             }
-            if folded.is_none()
-                && e.namespace != index::NAMESPACE_POSIX
-                && shown.eq_ignore_ascii_case(name)
-            {
-                folded = Some(e.record);
-            }
-            std::ops::ControlFlow::Continue(())
-        })?;
-        Ok(exact.or(folded))
+        }
+        self.scan_lookup(&d, name)
     }
 
     fn read_dir(&self, dir: u64) -> Result<Vec<GuestDirEntry>, GuestError> {
@@ -1027,7 +1070,6 @@ pub fn fuzz_one_volume(data: &[u8]) {
     let claimed = read_u64le(data, 0x28)
         .saturating_mul(u64::from(read_u16le(data, 0x0B)))
         .min(1 << 40);
-    let _ = read_u8(data, 0);
     let dev: Arc<dyn ByteSource> = Arc::new(ZeroExtended {
         data: data.to_vec(),
         len: claimed.max(data.len() as u64),
