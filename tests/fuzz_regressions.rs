@@ -11,7 +11,10 @@
 //! crash, timeout or OOM). Findings of the `guest_fat` target (FAT12/16/32) are kept the same
 //! way, calling `guest::fat::fuzz_one_volume` (none so far: 141,270 executions over 10
 //! minutes from the FAT seeds of fuzz/seed-corpus.sh, then 84,417 over 10 minutes of the
-//! chain-map reader from the corpus that grew, found no crash, timeout or OOM).
+//! chain-map reader from the corpus that grew, found no crash, timeout or OOM). Findings of
+//! the `guest_ntfs` target (NTFS) are kept the same way, calling
+//! `guest::ntfs::fuzz_one_volume` (none so far: 18,464 executions over 8 minutes from two
+//! mkntfs images filled through ntfs-3g, found no crash, timeout or OOM).
 
 mod common;
 
