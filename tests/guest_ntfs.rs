@@ -111,6 +111,29 @@ fn whole_volume_matches_ntfs3g() {
         started.elapsed()
     );
     let ro = NtfsMount::new(&img, &["ro"]);
+    // Lookups are exact, as ntfs-3g's: a DOS alias is found (though not listed), a name
+    // in another case is not.
+    for (dir, name, found) in [
+        ("", "Long File Name.text", true),
+        ("", "long file name.TEXT", false),
+        ("", "LONGFI~1.TXT", true),
+        ("", "longfi~1.txt", false),
+        ("", "PROGRA~1", true),
+        ("", "PROGRAM FILES", false),
+        ("", "hello", true),
+        ("", "HELLO", false),
+    ] {
+        let theirs = ro.path().join(dir).join(name).exists();
+        let ours = fs.lookup(fs.root(), name.as_bytes()).unwrap();
+        assert_eq!(ours.is_some(), theirs, "{name:?}: ntfs-3g says {theirs}");
+        assert_eq!(theirs, found, "{name:?}");
+        if let Some(ino) = ours {
+            let theirs_ino = std::os::unix::fs::MetadataExt::ino(
+                &fs::metadata(ro.path().join(dir).join(name)).unwrap(),
+            );
+            assert_eq!(ino, theirs_ino, "{name:?}");
+        }
+    }
     for name in [
         "entry number 00042 with a long name.txt",
         "ENTRY NUMBER 00042 WITH A LONG NAME.TXT",

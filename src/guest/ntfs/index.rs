@@ -26,7 +26,6 @@ pub const MAX_DEPTH: usize = 32;
 pub const MAX_ENTRIES: usize = 1 << 21;
 
 /// `$FILE_NAME` namespaces.
-pub const NAMESPACE_POSIX: u8 = 0;
 pub const NAMESPACE_DOS: u8 = 2;
 
 const INDEX_ENTRY_NODE: u16 = 0x0001;
@@ -65,6 +64,8 @@ struct Walk<'a> {
     alloc: Option<super::Stream>,
     visited: HashSet<u64>,
     entries: usize,
+    /// Whether DOS-namespace names are passed on.
+    with_dos: bool,
 }
 
 impl Ntfs {
@@ -76,6 +77,19 @@ impl Ntfs {
         f: &mut dyn FnMut(Entry) -> ControlFlow<()>,
     ) -> Result<(), GuestError> {
         let (mut w, area) = self.walk(dir)?;
+        let _ = w.node(&area, 0, f)?;
+        Ok(())
+    }
+
+    /// Like [`Ntfs::for_each_entry`], with the DOS-namespace names too (for lookups: ntfs-3g
+    /// finds a file by its 8.3 alias, though it does not list it).
+    pub(crate) fn for_each_name(
+        &self,
+        dir: &Inode,
+        f: &mut dyn FnMut(Entry) -> ControlFlow<()>,
+    ) -> Result<(), GuestError> {
+        let (mut w, area) = self.walk(dir)?;
+        w.with_dos = true;
         let _ = w.node(&area, 0, f)?;
         Ok(())
     }
@@ -98,9 +112,7 @@ impl Ntfs {
                             continue;
                         }
                         Ordering::Equal => {
-                            let shown = name == target
-                                && key.namespace != NAMESPACE_DOS
-                                && e.record >= FIRST_USER_RECORD;
+                            let shown = name == target && e.record >= FIRST_USER_RECORD;
                             return Ok(if shown {
                                 Found::Record(e.record)
                             } else {
@@ -157,6 +169,7 @@ impl Ntfs {
             alloc: None,
             visited: HashSet::new(),
             entries: 0,
+            with_dos: false,
         };
         Ok((w, area.to_vec()))
     }
@@ -167,8 +180,8 @@ impl Ntfs {
 pub enum Found {
     Record(u64),
     Absent,
-    /// A name equal but for case (or a DOS or metadata name): the whole directory must be
-    /// read to decide.
+    /// A name equal but for case (or a metadata name): the whole directory must be read to
+    /// decide.
     Ambiguous,
 }
 
@@ -277,7 +290,8 @@ impl Walk<'_> {
                 return Err(CorruptKind::NtfsDirTooLarge.into());
             }
             let metadata = e.record < FIRST_USER_RECORD;
-            if key.namespace != NAMESPACE_DOS && !metadata && e.record != ROOT_INO {
+            let dos_hidden = key.namespace == NAMESPACE_DOS && !self.with_dos;
+            if !dos_hidden && !metadata && e.record != ROOT_INO {
                 let entry = Entry {
                     record: e.record,
                     name: record::utf16_units(key.name),

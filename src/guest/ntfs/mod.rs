@@ -37,8 +37,9 @@
 //!   larger than 64 KiB (XATTR_SIZE_MAX, more than getxattr can return) is left out.
 //! - Holes: sparse runs and compression units without clusters read as zeros and are
 //!   holes for `next_data`; bytes past a stream's initialized size read as zeros.
-//! - Lookups match the shown name exactly, or else, for Win32 names, ignoring ASCII case
-//!   (ntfs-3g also ignores case for Win32 names; non-ASCII letters must match exactly here).
+//! - Lookups match a name exactly (case-sensitive), in any namespace: a DOS 8.3 alias is
+//!   found though not listed, as ntfs-3g finds it with its default options. The index is
+//!   searched as Windows sorts it (`$UpCase` order), not read whole.
 //! - A volume that Windows left dirty (the `$Volume` dirty flag, a `$LogFile` that is not
 //!   clean, or a hibernation file in use) is shown as it is on disk, with a warning in the
 //!   log: NTFS's log is not replayed.
@@ -890,26 +891,17 @@ fn own(a: record::RawAttr<'_>) -> Attr {
 }
 
 impl Ntfs {
-    /// Lookup by reading the whole directory: the exact name, else a Win32 name equal to it
-    /// but for ASCII case.
+    /// Lookup by reading the whole directory (every namespace): the exact name.
     fn scan_lookup(&self, d: &Inode, name: &[u8]) -> Result<Option<u64>, GuestError> {
-        let mut exact = None;
-        let mut folded = None;
-        self.for_each_entry(d, &mut |e| {
-            let shown = name::to_bytes(&e.name);
-            if shown == name {
-                exact = Some(e.record);
+        let mut found = None;
+        self.for_each_name(d, &mut |e| {
+            if name::to_bytes(&e.name) == name {
+                found = Some(e.record);
                 return std::ops::ControlFlow::Break(());
-            }
-            if folded.is_none()
-                && e.namespace != index::NAMESPACE_POSIX
-                && shown.eq_ignore_ascii_case(name)
-            {
-                folded = Some(e.record);
             }
             std::ops::ControlFlow::Continue(())
         })?;
-        Ok(exact.or(folded))
+        Ok(found)
     }
 }
 
@@ -931,7 +923,8 @@ impl GuestFs for Ntfs {
         let d = self.dir_inode(dir)?;
         // A name no stored name gives (not WTF-8) is not there; one that may stand for a
         // mapped `/` or NUL, or whose index search meets a name equal but for case, is
-        // looked for in the whole directory.
+        // looked for in the whole directory (names equal but for case can lie on either
+        // side of each other in the tree).
         let Some(units) = name::to_units(name) else {
             return Ok(None);
         };
