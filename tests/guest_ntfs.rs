@@ -912,3 +912,41 @@ fn corrupting_metadata_bytes_never_panics() {
         started.elapsed()
     );
 }
+
+#[test]
+fn malformed_reparse_point_fails_only_its_entry() {
+    let (_dir, img) = small_image();
+    let m = NtfsMount::new(&img, &[]);
+    fs::write(m.path().join("link"), b"").unwrap();
+    setfattr(
+        &m.path().join("link"),
+        "system.ntfs_reparse_data",
+        &hex(&symlink_reparse("file", true)),
+    );
+    m.unmount();
+    let fs = open_img(&img).unwrap();
+    let link = fs.lookup(fs.root(), b"link").unwrap().unwrap();
+    assert_eq!(fs.read_link(link).unwrap(), b"file");
+    drop(fs);
+    // The substitute name's length, far past the reparse data.
+    let (rec, points) = record_attrs(&img, link, 0xC0);
+    let a = points[0];
+    let value = a + usize::from(u16_at(&rec, a + 0x14));
+    patch(
+        &img,
+        record_pos(&img, link) + (value + 8 + 2) as u64,
+        &0x4000u16.to_le_bytes(),
+    );
+    let fs = open_img(&img).unwrap();
+    assert_eq!(
+        corrupt(fs.attr(link).unwrap_err()),
+        CorruptKind::NtfsReparse
+    );
+    let names: Vec<Vec<u8>> = fs
+        .read_dir(fs.root())
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, [&b"big"[..], b"file", b"link"]);
+}

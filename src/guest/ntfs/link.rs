@@ -193,6 +193,36 @@ mod tests {
     }
 
     #[test]
+    fn wsl_symlinks_and_interix_files() {
+        let mut data = 2u32.to_le_bytes().to_vec();
+        data.extend_from_slice(b"../t\\x");
+        let mut v = IO_REPARSE_TAG_LX_SYMLINK.to_le_bytes().to_vec();
+        v.extend_from_slice(&(data.len() as u16).to_le_bytes());
+        v.extend_from_slice(&[0, 0]);
+        v.extend_from_slice(&data);
+        assert_eq!(
+            reparse_target(&v, false).unwrap(),
+            Reparse::Link(b"../t\\x".to_vec())
+        );
+        let mut lnk = b"IntxLNK\x01".to_vec();
+        lnk.extend("a/b\\c".encode_utf16().flat_map(u16::to_le_bytes));
+        assert_eq!(
+            interix(&lnk).unwrap(),
+            Some(Shown::Symlink(b"a/b\\c".to_vec()))
+        );
+        let mut chr = b"IntxCHR\0".to_vec();
+        chr.extend_from_slice(&300u64.to_le_bytes());
+        chr.extend_from_slice(&70000u64.to_le_bytes());
+        assert_eq!(interix(&chr).unwrap(), Some(Shown::CharDevice(300, 70000)));
+        chr[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(matches!(
+            interix(&chr).unwrap_err(),
+            GuestError::Corrupt(CorruptKind::NtfsReparse)
+        ));
+        assert_eq!(interix(b"IntxLNK\x02abcd").unwrap(), None);
+    }
+
+    #[test]
     fn a_name_past_the_data_is_rejected() {
         let mut v = symlink("abc", 1, IO_REPARSE_TAG_SYMLINK);
         v[8 + 2] = 200;

@@ -780,17 +780,21 @@ impl Ntfs {
     }
 
     /// The kind of the entry a directory listing shows for `e`: from its `$FILE_NAME`
-    /// flags, or from its record when those say reparse point or system file.
-    fn entry_kind(&self, e: &index::Entry) -> Result<FileKind, GuestError> {
-        if e.file_attributes & (FILE_ATTR_REPARSE_POINT | FILE_ATTR_SYSTEM) != 0 {
-            let ino = self.inode(e.record)?;
-            return Ok(self.make_attr(&ino)?.kind);
-        }
-        Ok(if e.file_attributes & FILE_ATTR_I30_INDEX_PRESENT != 0 {
+    /// flags, or from its record when those say reparse point or system file. A record
+    /// that cannot be read leaves the flags' kind: the listing stands, and that entry's
+    /// `attr` gives the error.
+    fn entry_kind(&self, e: &index::Entry) -> FileKind {
+        let by_flags = if e.file_attributes & FILE_ATTR_I30_INDEX_PRESENT != 0 {
             FileKind::Directory
         } else {
             FileKind::File
-        })
+        };
+        if e.file_attributes & (FILE_ATTR_REPARSE_POINT | FILE_ATTR_SYSTEM) != 0 {
+            if let Ok(attr) = self.inode(e.record).and_then(|i| self.make_attr(&i)) {
+                return attr.kind;
+            }
+        }
+        by_flags
     }
 
     fn dir_inode(&self, dir: u64) -> Result<Inode, GuestError> {
@@ -950,7 +954,7 @@ impl GuestFs for Ntfs {
             out.push(GuestDirEntry {
                 name: name::to_bytes(&e.name),
                 ino: e.record,
-                kind: self.entry_kind(&e)?,
+                kind: self.entry_kind(&e),
             });
         }
         Ok(out)
