@@ -646,7 +646,7 @@ impl Ntfs {
         // Allocated runs, widened to whole compression units, merged.
         let mut start_at = None::<(u64, u64)>;
         for r in s.runs.iter().filter(|r| r.lcn.is_some()) {
-            let a = r.vcn / unit * unit * cs;
+            let a = (r.vcn / unit * unit).saturating_mul(cs);
             let b = (r.vcn + r.len)
                 .div_ceil(unit)
                 .saturating_mul(unit)
