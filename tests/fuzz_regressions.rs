@@ -14,7 +14,8 @@
 //! chain-map reader from the corpus that grew, found no crash, timeout or OOM). Findings of
 //! the `guest_ntfs` target (NTFS) are kept the same way, calling
 //! `guest::ntfs::fuzz_one_volume` (none so far: 18,464 executions over 8 minutes from two
-//! mkntfs images filled through ntfs-3g, found no crash, timeout or OOM).
+//! mkntfs images filled through ntfs-3g, then 32,001 and 79,748 over 10 minutes each from
+//! the corpus that grew (233 inputs), found no crash, timeout or OOM).
 
 mod common;
 
