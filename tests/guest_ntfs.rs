@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use common::guest::{
     assert_manifests_eq, cache, corrupt, kernel_manifest, open_volumes, parser_manifest,
-    partitioned_disk, patch,
+    partitioned_disk, patch, sh,
 };
 use ntfs_helpers::*;
 use virtsnapfs::guest::ntfs::Ntfs;
@@ -949,4 +949,33 @@ fn malformed_reparse_point_fails_only_its_entry() {
         .map(|e| e.name)
         .collect();
     assert_eq!(names, [&b"big"[..], b"file", b"link"]);
+}
+
+#[test]
+fn wsl_special_files_match_ntfs3g() {
+    // ntfs-3g makes WSL reparse points for special files and symlinks with
+    // special_files=wsl, as Windows' WSL does; its default mount shows them.
+    let (_dir, img) = scratch();
+    mkntfs(&img, "16M", &[]);
+    let m = NtfsMount::new(&img, &["special_files=wsl"]);
+    let r = |n: &str| m.path().join(n);
+    fs::write(r("target"), b"target\n").unwrap();
+    sh("mkfifo", &[r("fifo").to_str().unwrap()]);
+    sh("mknod", &[r("char-dev").to_str().unwrap(), "c", "1", "3"]);
+    sh(
+        "mknod",
+        &[r("block-dev").to_str().unwrap(), "b", "300", "70000"],
+    );
+    drop(std::os::unix::net::UnixListener::bind(r("socket")).unwrap());
+    std::os::unix::fs::symlink("target", r("wsl-link")).unwrap();
+    m.unmount();
+    let fs = open_img(&img).unwrap();
+    compare_with_ntfs3g(fs.as_ref(), &img, "WSL special files");
+    let dev = fs.attr(path_ino(fs.as_ref(), "block-dev")).unwrap();
+    assert_eq!(
+        (dev.kind, dev.perm, dev.rdev_major, dev.rdev_minor),
+        (FileKind::BlockDevice, 0, 300, 70000)
+    );
+    let link = path_ino(fs.as_ref(), "wsl-link");
+    assert_eq!(fs.read_link(link).unwrap(), b"target");
 }

@@ -17,6 +17,12 @@ use super::Shown;
 const IO_REPARSE_TAG_MOUNT_POINT: u32 = 0xA000_0003;
 const IO_REPARSE_TAG_SYMLINK: u32 = 0xA000_000C;
 const IO_REPARSE_TAG_LX_SYMLINK: u32 = 0xA000_001D;
+/// WSL special files: a reparse point without data names the type; a device's numbers are
+/// in the `$LXDEV` extended attribute of `$EA`.
+pub const IO_REPARSE_TAG_AF_UNIX: u32 = 0x8000_0023;
+pub const IO_REPARSE_TAG_LX_FIFO: u32 = 0x8000_0024;
+pub const IO_REPARSE_TAG_LX_CHR: u32 = 0x8000_0025;
+pub const IO_REPARSE_TAG_LX_BLK: u32 = 0x8000_0026;
 
 /// Interix files are recognised up to this size (the magic and a PATH_MAX target).
 pub const MAX_INTERIX: u64 = 8 + 2 * 4096;
@@ -25,8 +31,31 @@ pub const MAX_INTERIX: u64 = 8 + 2 * 4096;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reparse {
     Link(Vec<u8>),
+    /// A WSL special file (socket, FIFO, device): its tag, with no data.
+    WslSpecial(u32),
     /// Any other tag: not a link.
     Other(u32),
+}
+
+/// The device numbers in the `$LXDEV` entry of an `$EA` value (entries: next entry offset,
+/// flags, name length, value length, name, NUL, value), as ntfs-3g reads them.
+pub fn lxdev(ea: &[u8]) -> Option<(u32, u32)> {
+    let mut at = 0usize;
+    // Each step moves forward by at least one byte: at most ea.len() steps.
+    while at < ea.len() {
+        let next = read_u32le(ea, at) as usize;
+        let name_length = usize::from(*ea.get(at + 5)?);
+        let value_length = read_u16le(ea, at + 6);
+        if ea.get(at + 8..at + 8 + name_length) == Some(b"$LXDEV") && value_length == 8 {
+            let v = at + 8 + name_length + 1;
+            return Some((read_u32le(ea, v), read_u32le(ea, v + 4)));
+        }
+        if next == 0 {
+            return None;
+        }
+        at = at.checked_add(next)?;
+    }
+    None
 }
 
 /// A link target from UTF-16: `\` to `/`, NUL to U+2400, unpaired surrogates as in
@@ -82,6 +111,14 @@ pub fn reparse_target(v: &[u8], _is_dir: bool) -> Result<Reparse, GuestError> {
                 return Err(bad());
             }
             return Ok(Reparse::Link(data[4..].to_vec()));
+        }
+        IO_REPARSE_TAG_AF_UNIX
+        | IO_REPARSE_TAG_LX_FIFO
+        | IO_REPARSE_TAG_LX_CHR
+        | IO_REPARSE_TAG_LX_BLK
+            if data.is_empty() =>
+        {
+            return Ok(Reparse::WslSpecial(tag))
         }
         other => return Ok(Reparse::Other(other)),
     };
@@ -220,6 +257,29 @@ mod tests {
             GuestError::Corrupt(CorruptKind::NtfsReparse)
         ));
         assert_eq!(interix(b"IntxLNK\x02abcd").unwrap(), None);
+    }
+
+    #[test]
+    fn lxdev_is_found_among_other_entries() {
+        let mut ea = Vec::new();
+        for (name, value) in [
+            (&b"$LXUID"[..], &[0u8, 0, 0, 0][..]),
+            (b"$LXDEV", &[7, 0, 0, 0, 200, 0, 0, 0]),
+        ] {
+            let len = (8 + name.len() + 1 + value.len()).next_multiple_of(4);
+            let start = ea.len();
+            ea.extend_from_slice(&(len as u32).to_le_bytes());
+            ea.push(0);
+            ea.push(name.len() as u8);
+            ea.extend_from_slice(&(value.len() as u16).to_le_bytes());
+            ea.extend_from_slice(name);
+            ea.push(0);
+            ea.extend_from_slice(value);
+            ea.resize(start + len, 0);
+        }
+        assert_eq!(lxdev(&ea), Some((7, 200)));
+        assert_eq!(lxdev(&ea[..12]), None);
+        assert_eq!(lxdev(&[0xFF; 7]), None);
     }
 
     #[test]

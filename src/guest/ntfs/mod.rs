@@ -28,7 +28,8 @@
 //!   kinds, and the Interix symlinks ntfs-3g itself creates; Interix FIFOs, sockets and
 //!   devices too ([`link`] says how targets are translated). A reparse point of another
 //!   kind (deduplication, WOF/CompactOS compression, OneDrive placeholders) is shown as the
-//!   plain file or directory it is, but reading such a file is refused (EOPNOTSUPP) rather
+//!   plain file or directory it is (WSL sockets, FIFOs and devices excepted: those are
+//!   shown with mode 0, as ntfs-3g shows them), but reading such a file is refused (EOPNOTSUPP) rather
 //!   than showing bytes that are not the file's; ntfs-3g without plugins shows them as
 //!   broken symlinks. Encrypted (EFS) files are refused the same way.
 //! - Extended attributes: named data streams (alternate data streams) as `user.NAME`, the
@@ -96,6 +97,8 @@ pub const FILE_ATTR_HIDDEN: u32 = 0x0002;
 pub const FILE_ATTR_SYSTEM: u32 = 0x0004;
 pub const FILE_ATTR_REPARSE_POINT: u32 = 0x0400;
 pub const FILE_ATTR_ENCRYPTED: u32 = 0x4000;
+/// Set on WSL special files (`FILE_ATTRIBUTE_RECALL_ON_OPEN`).
+pub const FILE_ATTR_RECALL_ON_OPEN: u32 = 0x0004_0000;
 /// In `$FILE_NAME`: the file is a directory (has an `$I30` index).
 pub const FILE_ATTR_I30_INDEX_PRESENT: u32 = 0x1000_0000;
 
@@ -165,6 +168,8 @@ pub enum Shown {
     Socket,
     CharDevice(u32, u32),
     BlockDevice(u32, u32),
+    /// A WSL special file: a socket, FIFO or device, shown with mode 0 as ntfs-3g shows it.
+    Wsl(FileKind, u32, u32),
 }
 
 /// 100 ns units since 1601-01-01 to a Unix time.
@@ -672,6 +677,15 @@ impl Ntfs {
                 self.read_stream(&rp, 0, &mut v)?;
                 match link::reparse_target(&v, is_dir)? {
                     link::Reparse::Link(t) => return Ok(Shown::Symlink(t)),
+                    link::Reparse::WslSpecial(tag)
+                        if ino.file_attributes & FILE_ATTR_RECALL_ON_OPEN != 0 =>
+                    {
+                        return self.wsl_special(ino, tag);
+                    }
+                    link::Reparse::WslSpecial(tag) if !is_dir => {
+                        return Ok(Shown::UnreadableFile(tag))
+                    }
+                    link::Reparse::WslSpecial(_) => {}
                     link::Reparse::Other(tag) if !is_dir => return Ok(Shown::UnreadableFile(tag)),
                     link::Reparse::Other(_) => {}
                 }
@@ -699,6 +713,24 @@ impl Ntfs {
             }
         }
         Ok(Shown::File)
+    }
+
+    /// A WSL socket, FIFO or device; a device's numbers from `$EA`'s `$LXDEV`.
+    fn wsl_special(&self, ino: &Inode, tag: u32) -> Result<Shown, GuestError> {
+        let kind = match tag {
+            link::IO_REPARSE_TAG_AF_UNIX => return Ok(Shown::Wsl(FileKind::Socket, 0, 0)),
+            link::IO_REPARSE_TAG_LX_FIFO => return Ok(Shown::Wsl(FileKind::Fifo, 0, 0)),
+            link::IO_REPARSE_TAG_LX_CHR => FileKind::CharDevice,
+            _ => FileKind::BlockDevice,
+        };
+        let ea = self
+            .stream(ino, record::AT_EA, &[])?
+            .ok_or(CorruptKind::NtfsReparse)?;
+        let mut v = vec![0u8; ea.data_size.min(65536) as usize];
+        let n = self.read_stream(&ea, 0, &mut v)?;
+        v.truncate(n);
+        let (major, minor) = link::lxdev(&v).ok_or(CorruptKind::NtfsReparse)?;
+        Ok(Shown::Wsl(kind, major, minor))
     }
 
     fn make_attr(&self, ino: &Inode) -> Result<GuestAttr, GuestError> {
@@ -758,12 +790,18 @@ impl Ntfs {
                 ino.header.link_count,
                 (*ma, *mi),
             ),
+            Shown::Wsl(kind, ma, mi) => (*kind, 0, 0, ino.header.link_count, (*ma, *mi)),
+        };
+        let perm = if matches!(shown, Shown::Wsl(..)) {
+            0
+        } else {
+            0o777
         };
         let [crtime, mtime, ctime, atime] = ino.times;
         Ok(GuestAttr {
             ino: ino.no,
             kind,
-            perm: 0o777,
+            perm,
             uid: 0,
             gid: 0,
             size,

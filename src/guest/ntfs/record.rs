@@ -22,6 +22,7 @@ pub const AT_INDEX_ROOT: u32 = 0x90;
 pub const AT_INDEX_ALLOCATION: u32 = 0xA0;
 pub const AT_REPARSE_POINT: u32 = 0xC0;
 pub const AT_VOLUME_INFORMATION: u32 = 0x70;
+pub const AT_EA: u32 = 0xE0;
 const AT_END: u32 = 0xFFFF_FFFF;
 
 /// MFT record flags.
