@@ -25,13 +25,14 @@
 //!   units, rounded up; a directory's size and blocks are those of its `$I30` index
 //!   allocation (0 for a directory whose index fits in its record), as ntfs-3g shows them.
 //! - Symbolic links: reparse points of the symlink, junction (mount point) and WSL symlink
-//!   kinds, and the Interix symlinks ntfs-3g itself creates; Interix FIFOs, sockets and
-//!   devices too ([`link`] says how targets are translated). A reparse point of another
-//!   kind (deduplication, WOF/CompactOS compression, OneDrive placeholders) is shown as the
-//!   plain file or directory it is (WSL sockets, FIFOs and devices excepted: those are
-//!   shown with mode 0, as ntfs-3g shows them), but reading such a file is refused (EOPNOTSUPP) rather
-//!   than showing bytes that are not the file's; ntfs-3g without plugins shows them as
-//!   broken symlinks. Encrypted (EFS) files are refused the same way.
+//!   kinds, and the Interix symlinks ntfs-3g itself creates ([`link`] says how targets are
+//!   translated). Special files: Interix FIFOs, sockets and devices (a file with the system
+//!   attribute, not hidden, of 0 or 1 byte is a FIFO or socket, as ntfs-3g decides), and
+//!   WSL sockets, FIFOs and devices (mode 0, as ntfs-3g shows them). A reparse point of
+//!   another kind (deduplication, WOF/CompactOS compression, OneDrive placeholders) is
+//!   shown as the plain file or directory it is, but reading such a file is refused
+//!   (EOPNOTSUPP) rather than showing bytes that are not the file's; ntfs-3g without
+//!   plugins shows them as broken symlinks. Encrypted (EFS) files are refused the same way.
 //! - Extended attributes: named data streams (alternate data streams) as `user.NAME`, the
 //!   only ones ntfs-3g lists with its default `streams_interface=xattr`, on files and
 //!   directories; names starting with "ntfs-3g." are left out as ntfs-3g does. A stream
@@ -52,8 +53,8 @@
 //! Memory per opened filesystem: MFT records, index blocks and decompressed compression
 //! units (64 KiB each) are kept in the crate's one byte-budgeted [`MetadataCache`] under ids
 //! of this filesystem's own; file data is read from the device and not kept. What the
-//! filesystem holds itself is its geometry and the run list of `$MFT` (at most
-//! [`runlist::MAX_RUNS`] runs, 24 bytes each). A request holds at most one inode's
+//! filesystem holds itself is its geometry, the `$UpCase` table (128 KiB) and the run list
+//! of `$MFT` (at most [`runlist::MAX_RUNS`] runs, 24 bytes each). A request holds at most one inode's
 //! attributes (its attribute list capped at 256 KiB) and one stream's runs.
 
 pub mod boot;
