@@ -15,7 +15,11 @@
 //! the `guest_xfs_log` target (XFS log recovery) are kept the same way, calling
 //! `guest::xfs::log::fuzz_one_log` (none so far: 137,322 executions over 7 minutes from the
 //! superblock and log of a kernel-made dirty image, then 198,921 over 5 minutes with a v4
-//! copy of it without record checksums added, found no crash, timeout or OOM).
+//! copy of it without record checksums added, found no crash, timeout or OOM). Findings of
+//! the `guest_ntfs` target (NTFS) are kept the same way, calling
+//! `guest::ntfs::fuzz_one_volume` (none so far: 18,464 executions over 8 minutes from two
+//! mkntfs images filled through ntfs-3g, then 32,001 and 79,748 over 10 minutes each from
+//! the corpus that grew (233 inputs), found no crash, timeout or OOM).
 
 mod common;
 

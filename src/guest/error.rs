@@ -392,4 +392,74 @@ pub enum CorruptKind {
     XfsAttrTree,
     #[error("XFS POSIX ACL attribute is malformed")]
     XfsAcl,
+
+    // NTFS (boot sector, MFT records, attributes, run lists, indexes, compression).
+    #[error("NTFS boot sector signature or OEM id is wrong")]
+    NtfsBootSignature,
+    #[error("NTFS bytes per sector is not a power of two from 256 to 4096")]
+    NtfsBytesPerSector,
+    #[error("NTFS cluster size is not a power of two up to 2 MiB")]
+    NtfsClusterSize,
+    #[error("NTFS MFT record size is not a power of two from 256 to 64 KiB")]
+    NtfsRecordSize,
+    #[error("NTFS index block size is not a power of two from 256 to 64 KiB")]
+    NtfsIndexBlockSize,
+    #[error("NTFS total sector count is zero or the volume is larger than its device")]
+    NtfsTotalSectors,
+    #[error("NTFS MFT location is outside the volume")]
+    NtfsMftLocation,
+    #[error("NTFS record signature (FILE or INDX) is wrong")]
+    NtfsRecordMagic,
+    #[error("NTFS update sequence array offset or count is invalid")]
+    NtfsFixupArray,
+    #[error("NTFS update sequence number does not match a sector's last bytes (torn write)")]
+    NtfsFixupMismatch,
+    #[error("NTFS MFT record header is invalid (attribute offset or bytes in use)")]
+    NtfsRecordHeader,
+    #[error("NTFS inode number does not name an in-use base MFT record")]
+    NtfsInodeNumber,
+    #[error("NTFS attribute header runs past its record or is too short")]
+    NtfsAttrHeader,
+    #[error("NTFS attribute name lies outside its attribute")]
+    NtfsAttrName,
+    #[error("NTFS resident attribute value lies outside its attribute")]
+    NtfsResidentValue,
+    #[error("NTFS attribute sizes are invalid (data, allocated or initialized size)")]
+    NtfsAttrSize,
+    #[error("NTFS run list (mapping pairs) is malformed")]
+    NtfsRunList,
+    #[error("NTFS run points past the end of the volume")]
+    NtfsRunRange,
+    #[error("NTFS run list does not cover the attribute's clusters")]
+    NtfsRunCoverage,
+    #[error("NTFS run list has too many runs")]
+    NtfsTooManyRuns,
+    #[error("NTFS attribute list is malformed")]
+    NtfsAttrList,
+    #[error("NTFS attribute list is larger than 256 KiB or names too many records")]
+    NtfsAttrListTooLarge,
+    #[error("NTFS record lacks a required attribute ($STANDARD_INFORMATION, $DATA, $INDEX_ROOT)")]
+    NtfsAttrMissing,
+    #[error("NTFS $STANDARD_INFORMATION is too short")]
+    NtfsStandardInfo,
+    #[error("NTFS $FILE_NAME is malformed")]
+    NtfsFileName,
+    #[error("NTFS index root is malformed")]
+    NtfsIndexRoot,
+    #[error("NTFS index entry is malformed (length or key)")]
+    NtfsIndexEntry,
+    #[error("NTFS index block header is invalid (VCN or entry area)")]
+    NtfsIndexBlock,
+    #[error("NTFS index tree loops (an index block is reached twice)")]
+    NtfsIndexLoop,
+    #[error("NTFS index tree is deeper than 32 levels")]
+    NtfsIndexTooDeep,
+    #[error("NTFS directory has more than 2,097,152 entries")]
+    NtfsDirTooLarge,
+    #[error("NTFS compressed data (LZNT1) is malformed")]
+    NtfsCompressedData,
+    #[error("NTFS compression unit size is not 2 to 256 clusters of at most 64 KiB in all")]
+    NtfsCompressionUnit,
+    #[error("NTFS reparse point or Interix link data is malformed")]
+    NtfsReparse,
 }

@@ -22,6 +22,8 @@
 //!                   symlinks, attributes and ACLs; log replay through an overlay
 //!     log/          XFS log recovery: head and tail, transactions, buffer/inode/icreate
 //!                   items replayed in memory as a byte overlay
+//!   ntfs/           NTFS: boot sector, MFT records with fixups, attribute lists, run lists,
+//!                   $I30 index B+trees, LZNT1 compression, reparse points and Interix links
 //! ```
 //!
 //! A new format is a new folder implementing [`GuestFs`] plus one probe in
@@ -36,12 +38,14 @@
 //! within that one budget however many there are; what a filesystem holds itself besides is
 //! bounded per format and stated in its module ([`ext4`]: the superblock and the journal
 //! overlay, at most 24 bytes per journal block; [`fat`]: its geometry and one map of at most
-//! 65,536 directory entry positions).
+//! 65,536 directory entry positions; [`ntfs`]: its geometry, $UpCase (128 KiB) and the run
+//! list of $MFT).
 #![forbid(unsafe_code)]
 
 pub mod error;
 pub mod ext4;
 pub mod fat;
+pub mod ntfs;
 pub mod partition;
 pub mod xfs;
 
@@ -158,6 +162,9 @@ pub fn open_filesystem(
     }
     if xfs::probe(dev.as_ref())? {
         return Ok(Some(Box::new(xfs::Xfs::open(dev, cache)?)));
+    }
+    if ntfs::probe(dev.as_ref())? {
+        return Ok(Some(Box::new(ntfs::Ntfs::open(dev, cache)?)));
     }
     Ok(None)
 }
