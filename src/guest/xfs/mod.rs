@@ -80,6 +80,23 @@ const SYMLINK_MAX_EXTENTS: usize = 3;
 /// Extents fetched per step of a read.
 const READ_EXTENTS: usize = 64;
 
+/// Where a v5 metadata block keeps its CRC-32C, and the error a mismatch gives.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Crc {
+    None,
+    At(usize, CorruptKind),
+}
+
+impl Crc {
+    /// A cache-key tag below 512 for each checksum place.
+    fn code(self) -> u64 {
+        match self {
+            Crc::None => 0,
+            Crc::At(off, _) => 1 + (off as u64 & 0xff),
+        }
+    }
+}
+
 /// Whether `dev` starts with an XFS superblock magic.
 pub fn probe(dev: &dyn ByteSource) -> Result<bool, GuestError> {
     let mut m = [0u8; 4];
@@ -139,11 +156,18 @@ impl Xfs {
         Ok(())
     }
 
-    /// `len` bytes of metadata at device offset `at`, through the shared cache.
-    pub(crate) fn meta_block(&self, at: u64, len: usize) -> Result<Arc<[u8]>, GuestError> {
+    /// `len` bytes of metadata at device offset `at`, through the shared cache; on v5 its
+    /// CRC is checked once, before it enters the cache (a block is cached apart for each
+    /// checksum place it was read with, in the low bits of its sector-aligned offset).
+    pub(crate) fn meta_block(
+        &self,
+        at: u64,
+        len: usize,
+        crc: Crc,
+    ) -> Result<Arc<[u8]>, GuestError> {
         let key = CacheKey::GuestBlock {
             fs: self.cache_id,
-            block: at,
+            block: at | crc.code(),
         };
         if let Some(CacheValue::GuestBlock(b)) = self.cache.get(&key) {
             // A hostile image may use one place as two structures of different sizes.
@@ -153,15 +177,23 @@ impl Xfs {
         }
         let mut buf = vec![0u8; len];
         self.read_dev(at, &mut buf)?;
+        self.check_crc(&buf, crc)?;
         let b: Arc<[u8]> = buf.into();
         self.cache.insert(key, CacheValue::GuestBlock(b.clone()));
         Ok(b)
     }
 
+    fn check_crc(&self, buf: &[u8], crc: Crc) -> Result<(), GuestError> {
+        match crc {
+            Crc::At(off, kind) if self.sb.is_v5() && !sb::crc_ok(buf, off) => Err(kind.into()),
+            _ => Ok(()),
+        }
+    }
+
     /// Inode `ino`, parsed and checked.
     pub fn inode(&self, ino: u64) -> Result<Inode, GuestError> {
         let (block, within) = self.sb.inode_location(ino)?;
-        let b = self.meta_block(block, self.sb.block_size as usize)?;
+        let b = self.meta_block(block, self.sb.block_size as usize, Crc::None)?;
         let raw = super::bytes::slice(&b, within, self.sb.inode_size as usize)
             .ok_or(CorruptKind::XfsInodeNumber)?;
         Inode::parse(&self.sb, ino, raw)
@@ -174,6 +206,7 @@ impl Xfs {
         fork: &inode::Fork,
         lblk: u64,
         nfsb: u32,
+        crc: Crc,
     ) -> Result<Option<Arc<[u8]>>, GuestError> {
         let want = u64::from(nfsb);
         let end = lblk.checked_add(want).ok_or(CorruptKind::XfsExtentRange)?;
@@ -187,7 +220,7 @@ impl Xfs {
                     .sb
                     .fsb_to_byte(fsb)
                     .ok_or(CorruptKind::XfsExtentRange)?;
-                return Ok(Some(self.meta_block(at, (want * bs) as usize)?));
+                return Ok(Some(self.meta_block(at, (want * bs) as usize, crc)?));
             }
         }
         let mut buf = vec![0u8; (want * bs) as usize];
@@ -212,6 +245,7 @@ impl Xfs {
         if pos < end {
             return Ok(None);
         }
+        self.check_crc(&buf, crc)?;
         Ok(Some(buf.into()))
     }
 
@@ -272,6 +306,9 @@ impl GuestFs for Xfs {
 
     fn lookup(&self, dir: u64, name: &[u8]) -> Result<Option<u64>, GuestError> {
         let inode = self.dir_inode(dir)?;
+        if inode.data.format != ForkFormat::Local {
+            return self.lookup_hashed(&inode, name);
+        }
         let mut found = None;
         self.for_each_entry(&inode, &mut |e| {
             if e.name == name {
