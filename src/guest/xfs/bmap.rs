@@ -233,3 +233,25 @@ fn pick(node: &[u8], keys: usize, ptrs: usize, numrecs: usize, from: u64) -> u64
     }
     read_u64be(node, ptrs + i * 8)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extent_records_unpack_as_the_kernel_packs_them() {
+        // xfs_bmbt_disk_set_all: flag in bit 127, offset in 126..73, block in 72..21,
+        // count in 20..0.
+        let (offset, block, count) = (0x12_3456_789au64, 0x9_8765_4321u64, 0x1_2345u64);
+        let l0 = (1u64 << 63) | (offset << 9) | (block >> 43);
+        let l1 = (block << 21) | count;
+        let mut rec = [0u8; 16];
+        rec[..8].copy_from_slice(&l0.to_be_bytes());
+        rec[8..].copy_from_slice(&l1.to_be_bytes());
+        let e = decode(&rec);
+        assert_eq!(
+            (e.offset, e.block, e.count, e.unwritten),
+            (offset, block, count, true)
+        );
+    }
+}

@@ -404,3 +404,22 @@ fn leaf_matches(b: &[u8], start: usize, count: usize, hash: u32, out: &mut Vec<u
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_of_short_and_long_names() {
+        // By hand from xfs_da_hashname: one byte is itself; four bytes are shifted in.
+        assert_eq!(da_hashname(b""), 0);
+        assert_eq!(da_hashname(b"a"), 0x61);
+        assert_eq!(da_hashname(b"ab"), (0x61 << 7) ^ 0x62);
+        assert_eq!(
+            da_hashname(b"abcd"),
+            (0x61 << 21) ^ (0x62 << 14) ^ (0x63 << 7) ^ 0x64
+        );
+        let h4 = da_hashname(b"abcd");
+        assert_eq!(da_hashname(b"abcde"), 0x65 ^ h4.rotate_left(7));
+    }
+}
