@@ -21,6 +21,9 @@ const DA_CRC: Crc = Crc::At(12, CorruptKind::XfsDirChecksum);
 
 /// Entries a directory may hold before it is refused (as ext4's bound).
 pub const MAX_DIR_ENTRIES: usize = 4 << 20;
+/// Bytes of data blocks a listing reads before the directory is refused: 4,194,304
+/// entries of 255-byte names fill about 1.1 GiB.
+pub const MAX_DIR_BYTES: u64 = 5 << 28;
 /// The byte offset where leaf blocks start: data blocks lie below it.
 const LEAF_OFFSET: u64 = 32 << 30;
 /// Data-block magics: single-block directories and data blocks, v4 and v5.
@@ -117,6 +120,7 @@ impl Xfs {
         let leaf_fsb = LEAF_OFFSET >> self.sb.block_log;
         let mut from = 0u64;
         let mut seen = 0usize;
+        let mut bytes = 0u64;
         loop {
             let exts = self.extents(&dir.data, from, LIST_EXTENTS)?;
             for e in &exts {
@@ -129,6 +133,10 @@ impl Xfs {
                     else {
                         return Err(CorruptKind::XfsDirEntry.into());
                     };
+                    bytes += u64::from(self.sb.dir_block_size);
+                    if bytes > MAX_DIR_BYTES {
+                        return Err(CorruptKind::XfsDirTooLarge.into());
+                    }
                     if !self.data_block(dir.ino, &block, &mut seen, f)? {
                         return Ok(());
                     }

@@ -29,7 +29,8 @@
 //! - Realtime: a file on the realtime device (`XFS_DIFLAG_REALTIME`) gives
 //!   [`GuestError::Unsupported`] when read; its attributes and everything else still show.
 //!
-//! Bounds: directories hold at most [`dir::MAX_DIR_ENTRIES`] entries, attribute forks at
+//! Bounds: directories hold at most [`dir::MAX_DIR_ENTRIES`] entries in at most
+//! [`dir::MAX_DIR_BYTES`] of data blocks, attribute forks at
 //! most [`attr::MAX_ATTRS`]; btrees at most [`bmap::MAX_LEVELS`] levels; every chain of
 //! sibling blocks is checked for order or counted. Memory per opened filesystem: its
 //! superblock; metadata blocks (inode blocks, btree, directory and attribute blocks) are kept
