@@ -133,14 +133,11 @@ fn v5_default_matches_the_kernel() {
 fn v5_large_directory_blocks_and_inodes_match_the_kernel() {
     let s = Scratch::light();
     for (name, args) in [
-        ("dir8k-ino1k.raw", &["-n", "size=8k", "-i", "size=1024"][..]),
+        ("dir8k-ino2k.raw", &["-n", "size=8k", "-i", "size=2048"][..]),
+        // 1 KiB blocks: directory blocks of 64 blocks each, remote symlinks of two blocks.
         (
-            "dir64k-ino2k.raw",
-            &["-n", "size=64k", "-i", "size=2048"][..],
-        ),
-        (
-            "b1k-nrext64.raw",
-            &["-b", "size=1024", "-i", "nrext64=1"][..],
+            "b1k-dir64k-nrext64.raw",
+            &["-b", "size=1024", "-n", "size=64k", "-i", "nrext64=1"][..],
         ),
     ] {
         let img = image(&s, name, args, 3000, 1000);
