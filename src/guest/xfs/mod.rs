@@ -11,9 +11,10 @@
 //! The log: a filesystem whose log still holds transactions (a guest that crashed, or was
 //! snapshotted running) is only consistent once they are replayed. This module does not read
 //! the log. Replay is applied by the log module (`log/`): its recovery yields an overlay of
-//! the blocks the log rewrites, given to [`Xfs::open_with_overlay`]; every read of the device
-//! here goes through [`Xfs::read_dev`], which applies that overlay. [`Xfs::open`] uses an empty
-//! overlay: it shows the blocks as they are on the device.
+//! the blocks the log rewrites, given to [`Xfs::open_with_overlay`]; every read of the
+//! device here goes through one function (`read_through`), which applies that overlay.
+//! [`Xfs::open`] uses an empty overlay: it shows the blocks as they are on the device, which
+//! is right only for a filesystem whose log is clean (unmounted cleanly).
 //!
 //! What is shown, and why (as Linux shows a read-only mount):
 //! - Inode numbers are XFS's own (`agno | agbno | index`); hard links share them.
@@ -98,6 +99,20 @@ impl Crc {
     }
 }
 
+/// The one place the device is read: its bytes, then the replay overlay's.
+fn read_through(
+    dev: &dyn ByteSource,
+    overlay: &dyn ReplayOverlay,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<(), GuestError> {
+    dev.read_exact_at(buf, offset)?;
+    if !overlay.is_empty() {
+        overlay.apply(offset, buf);
+    }
+    Ok(())
+}
+
 /// Whether `dev` starts with an XFS superblock magic.
 pub fn probe(dev: &dyn ByteSource) -> Result<bool, GuestError> {
     let mut m = [0u8; 4];
@@ -130,10 +145,7 @@ impl Xfs {
         let dev_len = dev.byte_len()?;
         // The sector size is in the superblock: read the largest one possible.
         let mut s = vec![0u8; 1 << 15];
-        dev.read_exact_at(&mut s, 0)?;
-        if !overlay.is_empty() {
-            overlay.apply(0, &mut s);
-        }
+        read_through(dev.as_ref(), overlay.as_ref(), 0, &mut s)?;
         let sb = Superblock::parse(&s, dev_len)?;
         Ok(Xfs {
             dev,
@@ -148,13 +160,9 @@ impl Xfs {
         &self.sb
     }
 
-    /// Every read of the device: its bytes, then the replay overlay.
+    /// Every read of the device after opening ([`read_through`]).
     pub(crate) fn read_dev(&self, offset: u64, buf: &mut [u8]) -> Result<(), GuestError> {
-        self.dev.read_exact_at(buf, offset)?;
-        if !self.overlay.is_empty() {
-            self.overlay.apply(offset, buf);
-        }
-        Ok(())
+        read_through(self.dev.as_ref(), self.overlay.as_ref(), offset, buf)
     }
 
     /// `len` bytes of metadata at device offset `at`, through the shared cache; on v5 its
