@@ -11,7 +11,12 @@
 //! crash, timeout or OOM). Findings of the `guest_fat` target (FAT12/16/32) are kept the same
 //! way, calling `guest::fat::fuzz_one_volume` (none so far: 141,270 executions over 10
 //! minutes from the FAT seeds of fuzz/seed-corpus.sh, then 84,417 over 10 minutes of the
-//! chain-map reader from the corpus that grew, found no crash, timeout or OOM).
+//! chain-map reader from the corpus that grew, found no crash, timeout or OOM). Findings of
+//! the `guest_xfs` target (XFS) are kept the same way, calling `guest::xfs::fuzz_one_volume`
+//! (none so far: 1,827,023 executions over 8 minutes from the first 2 MiB of a small v5
+//! image, then 90,732 over 10 minutes adding the first 3 MiB of a 1 KiB-block image with
+//! leaf and node directories, an attribute btree and a block map btree, found no crash,
+//! timeout or OOM); `xfs_field_sweep_with_checksums_fixed` below sweeps real XFS metadata.
 
 mod common;
 
