@@ -147,7 +147,7 @@ fn v5_large_directory_blocks_and_inodes_match_the_kernel() {
 }
 
 #[test]
-fn v5_without_ftype_free_inode_btree_or_bigtime_matches_the_kernel() {
+fn v5_without_bigtime_finobt_reflink_or_sparse_inodes_matches_the_kernel() {
     let s = Scratch::light();
     // bigtime=0: times before 1901 or after 2038 are clamped by the kernel when written.
     let img = image(
