@@ -19,7 +19,12 @@
 //! the `guest_ntfs` target (NTFS) are kept the same way, calling
 //! `guest::ntfs::fuzz_one_volume` (none so far: 18,464 executions over 8 minutes from two
 //! mkntfs images filled through ntfs-3g, then 32,001 and 79,748 over 10 minutes each from
-//! the corpus that grew (233 inputs), found no crash, timeout or OOM).
+//! the corpus that grew (233 inputs), found no crash, timeout or OOM). Findings of
+//! the `guest_xfs` target (XFS) are kept the same way, calling `guest::xfs::fuzz_one_volume`
+//! (none so far: 1,827,023 executions over 8 minutes from the first 2 MiB of a small v5
+//! image, then 90,732 over 10 minutes adding the first 3 MiB of a 1 KiB-block image with
+//! leaf and node directories, an attribute btree and a block map btree, found no crash,
+//! timeout or OOM); `xfs_field_sweep_with_checksums_fixed` below sweeps real XFS metadata.
 
 mod common;
 

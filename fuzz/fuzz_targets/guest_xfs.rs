@@ -1,7 +1,9 @@
 //! Fuzzes the XFS reader (superblock, inodes, block maps and btrees, directories, symlinks,
 //! attributes and ACLs) over arbitrary bytes taken as the start of an XFS volume as long as
 //! its superblock claims, the rest reading as zeros: a seed made of the first megabytes of a
-//! small image still reaches its root directory, inodes and attribute blocks. Each input is
+//! small image still reaches its root directory, inodes and attribute blocks. CRCs are not
+//! checked (the superblock's is recomputed), so mutations reach the checks behind them
+//! (tests/guest_xfs.rs has one test per CRC). Each input is
 //! opened, a bounded part of its tree walked and its files read through a small shared
 //! metadata cache. Seed it with the start of images made by mkfs.xfs and filled through a
 //! loop mount (`head -c 2M img > corpus/guest_xfs/seed`), and run from fuzz/:

@@ -38,8 +38,8 @@
 //! within that one budget however many there are; what a filesystem holds itself besides is
 //! bounded per format and stated in its module ([`ext4`]: the superblock and the journal
 //! overlay, at most 24 bytes per journal block; [`fat`]: its geometry and one map of at most
-//! 65,536 directory entry positions; [`ntfs`]: its geometry, $UpCase (128 KiB) and the run
-//! list of $MFT).
+//! 65,536 directory entry positions; [`xfs`]: its superblock and the log replay overlay;
+//! [`ntfs`]: its geometry, $UpCase (128 KiB) and the run list of $MFT).
 #![forbid(unsafe_code)]
 
 pub mod error;

@@ -16,8 +16,7 @@ use crate::guest::bytes::{read_array, read_u16be, read_u32be, read_u64be, read_u
 use crate::guest::{CorruptKind, GuestError, Xattr};
 
 use super::inode::{Fork, ForkFormat, Inode};
-use super::sb::crc_ok;
-use super::Xfs;
+use super::{Crc, Xfs};
 
 /// Attributes an inode may have before it is refused.
 pub const MAX_ATTRS: usize = 1 << 16;
@@ -136,7 +135,7 @@ impl Xfs {
         lblk: u64,
     ) -> Result<(std::sync::Arc<[u8]>, u16), GuestError> {
         let b = self
-            .fork_blocks(fork, lblk, 1)?
+            .fork_blocks(fork, lblk, 1, Crc::At(12, CorruptKind::XfsAttrChecksum))?
             .ok_or(CorruptKind::XfsAttrTree)?;
         let magic = read_u16be(&b, 8);
         let v5 = self.sb.is_v5();
@@ -148,13 +147,9 @@ impl Xfs {
         if !ok {
             return Err(CorruptKind::XfsAttrMagic.into());
         }
-        if v5 {
-            if !crc_ok(&b, 12) {
-                return Err(CorruptKind::XfsAttrChecksum.into());
-            }
-            if read_u64be(&b, 48) != fork.owner || read_array::<16>(&b, 32) != self.sb.meta_uuid {
-                return Err(CorruptKind::XfsBlockOwner.into());
-            }
+        if v5 && (read_u64be(&b, 48) != fork.owner || read_array::<16>(&b, 32) != self.sb.meta_uuid)
+        {
+            return Err(CorruptKind::XfsBlockOwner.into());
         }
         Ok((b, magic))
     }
@@ -254,14 +249,13 @@ impl Xfs {
         while out.len() < len {
             let lblk = blk.checked_add(i).ok_or(CorruptKind::XfsAttrRemote)?;
             let b = self
-                .fork_blocks(fork, lblk, 1)?
+                .fork_blocks(fork, lblk, 1, Crc::At(12, CorruptKind::XfsAttrRemote))?
                 .ok_or(CorruptKind::XfsAttrRemote)?;
             let take = per.min(len - out.len());
             if v5 {
                 let ok = read_u32be(&b, 0) == ATTR3_RMT_MAGIC
                     && read_u32be(&b, 4) as usize == out.len()
                     && read_u32be(&b, 8) as usize == take
-                    && crc_ok(&b, 12)
                     && read_u64be(&b, 32) == fork.owner;
                 if !ok {
                     return Err(CorruptKind::XfsAttrRemote.into());

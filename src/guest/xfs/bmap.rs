@@ -14,8 +14,7 @@ use crate::guest::bytes::{read_u16be, read_u32be, read_u64be};
 use crate::guest::{CorruptKind, GuestError};
 
 use super::inode::{Fork, ForkFormat};
-use super::sb::crc_ok;
-use super::Xfs;
+use super::{Crc, Xfs};
 
 /// The kernel's bound on block map btree height is 9 for 64-bit extent counts.
 pub const MAX_LEVELS: u16 = 9;
@@ -202,20 +201,17 @@ impl Xfs {
             .sb
             .fsb_to_byte(fsb)
             .ok_or(CorruptKind::XfsExtentRange)?;
-        let block = self.meta_block(at, self.sb.block_size as usize)?;
+        let crc = Crc::At(LBLOCK_CRC_OFF, CorruptKind::XfsBmbtChecksum);
+        let block = self.meta_block(at, self.sb.block_size as usize, crc)?;
         if read_u32be(&block, 0) != magic {
             return Err(CorruptKind::XfsBmbtMagic.into());
         }
-        if self.sb.is_v5() {
-            if !crc_ok(&block, LBLOCK_CRC_OFF) {
-                return Err(CorruptKind::XfsBmbtChecksum.into());
-            }
-            if read_u64be(&block, 24) != at / 512
+        if self.sb.is_v5()
+            && (read_u64be(&block, 24) != at / 512
                 || read_u64be(&block, 56) != fork.owner
-                || crate::guest::bytes::read_array::<16>(&block, 40) != self.sb.meta_uuid
-            {
-                return Err(CorruptKind::XfsBlockOwner.into());
-            }
+                || crate::guest::bytes::read_array::<16>(&block, 40) != self.sb.meta_uuid)
+        {
+            return Err(CorruptKind::XfsBlockOwner.into());
         }
         if read_u16be(&block, 4) != level {
             return Err(CorruptKind::XfsBmbtLevel.into());
@@ -236,4 +232,26 @@ fn pick(node: &[u8], keys: usize, ptrs: usize, numrecs: usize, from: u64) -> u64
         }
     }
     read_u64be(node, ptrs + i * 8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extent_records_unpack_as_the_kernel_packs_them() {
+        // xfs_bmbt_disk_set_all: flag in bit 127, offset in 126..73, block in 72..21,
+        // count in 20..0.
+        let (offset, block, count) = (0x12_3456_789au64, 0x9_8765_4321u64, 0x1_2345u64);
+        let l0 = (1u64 << 63) | (offset << 9) | (block >> 43);
+        let l1 = (block << 21) | count;
+        let mut rec = [0u8; 16];
+        rec[..8].copy_from_slice(&l0.to_be_bytes());
+        rec[8..].copy_from_slice(&l1.to_be_bytes());
+        let e = decode(&rec);
+        assert_eq!(
+            (e.offset, e.block, e.count, e.unwritten),
+            (offset, block, count, true)
+        );
+    }
 }

@@ -7,7 +7,7 @@
 use crate::guest::bytes::{read_u16be, read_u32be, read_u64be, read_u8};
 use crate::guest::{CorruptKind, FileKind, GuestError, GuestTime};
 
-use super::sb::{crc_ok, Superblock};
+use super::sb::Superblock;
 
 /// "IN".
 const XFS_DINODE_MAGIC: u16 = 0x494e;
@@ -126,7 +126,7 @@ impl Inode {
             _ => return Err(CorruptKind::XfsInodeVersion.into()),
         };
         if version == 3 {
-            if !crc_ok(b, DI_CRC_OFF) {
+            if !sb.crc_good(b, DI_CRC_OFF) {
                 return Err(CorruptKind::XfsInodeChecksum.into());
             }
             if read_u64be(b, 152) != ino

@@ -9,11 +9,12 @@
 //! and node attribute forks, remote values, POSIX ACLs).
 //!
 //! The log: a filesystem whose log still holds transactions (a guest that crashed, or was
-//! snapshotted running) is only consistent once they are replayed. This module does not read
-//! the log. Replay is applied by the log module (`log/`): its recovery yields an overlay of
-//! the blocks the log rewrites, given to [`Xfs::open_with_overlay`]; every read of the device
-//! here goes through [`Xfs::read_dev`], which applies that overlay. [`Xfs::open`] uses an empty
-//! overlay: it shows the blocks as they are on the device.
+//! snapshotted running, even frozen by its agent) is only consistent once they are replayed.
+//! [`Xfs::open`] runs the log module's recovery ([`log`]), which yields an overlay of the
+//! sectors the log rewrites (empty for a clean log), given to [`Xfs::open_with_overlay`];
+//! every read of the device here goes through one function (`read_through`), which applies
+//! that overlay. [`Xfs::open_without_replay`] shows the blocks as they are on the device
+//! (what `mount -o ro,norecovery` shows).
 //!
 //! What is shown, and why (as Linux shows a read-only mount):
 //! - Inode numbers are XFS's own (`agno | agbno | index`); hard links share them.
@@ -29,7 +30,8 @@
 //! - Realtime: a file on the realtime device (`XFS_DIFLAG_REALTIME`) gives
 //!   [`GuestError::Unsupported`] when read; its attributes and everything else still show.
 //!
-//! Bounds: directories hold at most [`dir::MAX_DIR_ENTRIES`] entries, attribute forks at
+//! Bounds: directories hold at most [`dir::MAX_DIR_ENTRIES`] entries in at most
+//! [`dir::MAX_DIR_BYTES`] of data blocks, attribute forks at
 //! most [`attr::MAX_ATTRS`]; btrees at most [`bmap::MAX_LEVELS`] levels; every chain of
 //! sibling blocks is checked for order or counted. Memory per opened filesystem: its
 //! superblock; metadata blocks (inode blocks, btree, directory and attribute blocks) are kept
@@ -90,6 +92,37 @@ const SYMLINK_MAX_EXTENTS: usize = 3;
 /// Extents fetched per step of a read.
 const READ_EXTENTS: usize = 64;
 
+/// Where a v5 metadata block keeps its CRC-32C, and the error a mismatch gives.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Crc {
+    None,
+    At(usize, CorruptKind),
+}
+
+impl Crc {
+    /// A cache-key tag below 512 for each checksum place.
+    fn code(self) -> u64 {
+        match self {
+            Crc::None => 0,
+            Crc::At(off, _) => 1 + (off as u64 & 0xff),
+        }
+    }
+}
+
+/// The one place the device is read: its bytes, then the replay overlay's.
+fn read_through(
+    dev: &dyn ByteSource,
+    overlay: &dyn ReplayOverlay,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<(), GuestError> {
+    dev.read_exact_at(buf, offset)?;
+    if !overlay.is_empty() {
+        overlay.apply(offset, buf);
+    }
+    Ok(())
+}
+
 /// Whether `dev` starts with an XFS superblock magic.
 pub fn probe(dev: &dyn ByteSource) -> Result<bool, GuestError> {
     let mut m = [0u8; 4];
@@ -145,10 +178,7 @@ impl Xfs {
         let dev_len = dev.byte_len()?;
         // The sector size is in the superblock: read the largest one possible.
         let mut s = vec![0u8; 1 << 15];
-        dev.read_exact_at(&mut s, 0)?;
-        if !overlay.is_empty() {
-            overlay.apply(0, &mut s);
-        }
+        read_through(dev.as_ref(), overlay.as_ref(), 0, &mut s)?;
         let sb = Superblock::parse(&s, dev_len)?;
         Ok(Xfs {
             dev,
@@ -163,20 +193,23 @@ impl Xfs {
         &self.sb
     }
 
-    /// Every read of the device: its bytes, then the replay overlay.
+    /// Every read of the device after opening ([`read_through`]).
     pub(crate) fn read_dev(&self, offset: u64, buf: &mut [u8]) -> Result<(), GuestError> {
-        self.dev.read_exact_at(buf, offset)?;
-        if !self.overlay.is_empty() {
-            self.overlay.apply(offset, buf);
-        }
-        Ok(())
+        read_through(self.dev.as_ref(), self.overlay.as_ref(), offset, buf)
     }
 
-    /// `len` bytes of metadata at device offset `at`, through the shared cache.
-    pub(crate) fn meta_block(&self, at: u64, len: usize) -> Result<Arc<[u8]>, GuestError> {
+    /// `len` bytes of metadata at device offset `at`, through the shared cache; on v5 its
+    /// CRC is checked once, before it enters the cache (a block is cached apart for each
+    /// checksum place it was read with, in the low bits of its sector-aligned offset).
+    pub(crate) fn meta_block(
+        &self,
+        at: u64,
+        len: usize,
+        crc: Crc,
+    ) -> Result<Arc<[u8]>, GuestError> {
         let key = CacheKey::GuestBlock {
             fs: self.cache_id,
-            block: at,
+            block: at | crc.code(),
         };
         if let Some(CacheValue::GuestBlock(b)) = self.cache.get(&key) {
             // A hostile image may use one place as two structures of different sizes.
@@ -186,15 +219,25 @@ impl Xfs {
         }
         let mut buf = vec![0u8; len];
         self.read_dev(at, &mut buf)?;
+        self.check_crc(&buf, crc)?;
         let b: Arc<[u8]> = buf.into();
         self.cache.insert(key, CacheValue::GuestBlock(b.clone()));
         Ok(b)
     }
 
+    fn check_crc(&self, buf: &[u8], crc: Crc) -> Result<(), GuestError> {
+        match crc {
+            Crc::At(off, kind) if self.sb.is_v5() && !self.sb.crc_good(buf, off) => {
+                Err(kind.into())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Inode `ino`, parsed and checked.
     pub fn inode(&self, ino: u64) -> Result<Inode, GuestError> {
         let (block, within) = self.sb.inode_location(ino)?;
-        let b = self.meta_block(block, self.sb.block_size as usize)?;
+        let b = self.meta_block(block, self.sb.block_size as usize, Crc::None)?;
         let raw = super::bytes::slice(&b, within, self.sb.inode_size as usize)
             .ok_or(CorruptKind::XfsInodeNumber)?;
         Inode::parse(&self.sb, ino, raw)
@@ -207,6 +250,7 @@ impl Xfs {
         fork: &inode::Fork,
         lblk: u64,
         nfsb: u32,
+        crc: Crc,
     ) -> Result<Option<Arc<[u8]>>, GuestError> {
         let want = u64::from(nfsb);
         let end = lblk.checked_add(want).ok_or(CorruptKind::XfsExtentRange)?;
@@ -220,7 +264,7 @@ impl Xfs {
                     .sb
                     .fsb_to_byte(fsb)
                     .ok_or(CorruptKind::XfsExtentRange)?;
-                return Ok(Some(self.meta_block(at, (want * bs) as usize)?));
+                return Ok(Some(self.meta_block(at, (want * bs) as usize, crc)?));
             }
         }
         let mut buf = vec![0u8; (want * bs) as usize];
@@ -245,6 +289,7 @@ impl Xfs {
         if pos < end {
             return Ok(None);
         }
+        self.check_crc(&buf, crc)?;
         Ok(Some(buf.into()))
     }
 
@@ -305,6 +350,9 @@ impl GuestFs for Xfs {
 
     fn lookup(&self, dir: u64, name: &[u8]) -> Result<Option<u64>, GuestError> {
         let inode = self.dir_inode(dir)?;
+        if inode.data.format != ForkFormat::Local {
+            return self.lookup_hashed(&inode, name);
+        }
         let mut found = None;
         self.for_each_entry(&inode, &mut |e| {
             if e.name == name {
@@ -425,7 +473,7 @@ impl GuestFs for Xfs {
                 let ok = super::bytes::read_u32be(&buf, 0) == SYMLINK_MAGIC
                     && super::bytes::read_u32be(&buf, 4) as usize == out.len()
                     && super::bytes::read_u32be(&buf, 8) as usize == take
-                    && sb::crc_ok(&buf, 12)
+                    && self.sb.crc_good(&buf, 12)
                     && super::bytes::read_u64be(&buf, 32) == ino;
                 if !ok {
                     return Err(CorruptKind::XfsSymlinkHeader.into());
@@ -516,9 +564,21 @@ impl ByteSource for ZeroExtended {
 
 /// The `guest_xfs` fuzz target's body: `data` as the start of an XFS volume as long as its
 /// superblock says (`sb_dblocks * sb_blocksize`, the rest reading as zeros), so that a seed
-/// of the metadata-bearing start of an image reaches its inodes and directories. Opened,
-/// walked and read as [`super::fuzz_one_disk`] reads a filesystem, through a small cache.
+/// of the metadata-bearing start of an image reaches its inodes and directories. v5 CRCs
+/// are not checked (the superblock's is recomputed), so that mutations reach the checks
+/// behind them. Opened, walked and read as [`super::fuzz_one_disk`] reads a filesystem,
+/// through a small cache.
 pub fn fuzz_one_volume(data: &[u8]) {
+    // The superblock's CRC is made right (its sector size is a guess: 512, the common
+    // one); the CRCs of other blocks are not checked (`verify_crc`).
+    let mut data = data.to_vec();
+    if data.len() >= 512 {
+        let c = crate::guest::crc::crc32c_raw(!0, &data[..224]);
+        let c = crate::guest::crc::crc32c_raw(c, &[0; 4]);
+        let c = !crate::guest::crc::crc32c_raw(c, &data[228..512]);
+        data[224..228].copy_from_slice(&c.to_le_bytes());
+    }
+    let data = &data[..];
     let claimed = super::bytes::read_u64be(data, 8)
         .saturating_mul(u64::from(super::bytes::read_u32be(data, 4)));
     let dev: Arc<dyn ByteSource> = Arc::new(ZeroExtended {
@@ -529,7 +589,8 @@ pub fn fuzz_one_volume(data: &[u8]) {
         return;
     }
     let cache = Arc::new(MetadataCache::new(256 << 10));
-    if let Ok(fs) = Xfs::open(dev, cache) {
+    if let Ok(mut fs) = Xfs::open(dev, cache) {
+        fs.sb.verify_crc = false;
         super::fuzz_read_all(&fs);
     }
 }
