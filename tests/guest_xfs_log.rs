@@ -6,6 +6,8 @@
 //! metadata). Hostile logs give the exact error. Needs root (loop mounts) and xfsprogs.
 
 mod common;
+#[path = "common/xfs.rs"]
+mod xfs_helpers;
 #[path = "common/xfs_log.rs"]
 mod xfs_log;
 

@@ -12,6 +12,8 @@ mod fat_helpers;
 mod lvm;
 #[path = "common/xfs.rs"]
 mod xfs_helpers;
+#[path = "common/xfs_log.rs"]
+mod xfs_log;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -691,8 +693,9 @@ fn fat32_esp_and_lvm_lv_of_a_gpt_disk_match_mtools_and_the_kernel() {
 
 /// An XFS (v5, as mkfs.xfs makes it) in a GPT partition of a domain's disk, behind a qcow2
 /// internal snapshot: what find, stat, sha256sum and getfattr see of it through the mount
-/// equals what they see of the kernel's loop mount of the snapshot's bytes, and the live
-/// disk, changed after the snapshot, shows its own state.
+/// equals what they see of the kernel's loop mount of the snapshot's bytes; the live disk,
+/// changed after the snapshot and left with a dirty log, equals the kernel's view after its
+/// own log recovery of a copy.
 #[test]
 fn xfs_in_a_gpt_partition_matches_the_kernel() {
     let scratch = GuestScratch::new(TreeOptions {
@@ -715,13 +718,18 @@ fn xfs_in_a_gpt_partition_matches_the_kernel() {
     to_qcow2(&disk, &image);
     dom.define(&[("vda", "qcow2", &image)]);
     dom.snapshot("s", &[]);
-    // The live XFS changes after the snapshot: a file added, one removed.
+    // The live XFS changes after the snapshot, and its log is left dirty, as a running
+    // guest's is: a file added and one removed, both only in the log.
     let xfs2 = scratch.path("xfs2.raw");
     fs::copy(&xfs, &xfs2).unwrap();
-    xfs_helpers::fill(&xfs2, &scratch.path("no-such-tree"), |m| {
-        fs::write(m.join("after"), b"written after the snapshot\n").unwrap();
-        fs::remove_file(m.join("hello")).unwrap();
-    });
+    xfs_log::make_dirty(
+        &xfs2,
+        |_| {},
+        |m| {
+            fs::write(m.join("after"), b"written after the snapshot\n").unwrap();
+            fs::remove_file(m.join("hello")).unwrap();
+        },
+    );
     dom.write(
         "vda.qcow2",
         &format!(
@@ -738,11 +746,29 @@ fn xfs_in_a_gpt_partition_matches_the_kernel() {
     let d = |rel: &str| mount.path(&format!("{}/{rel}", dom.name));
     assert_eq!(ls(&d("snapshots/s/files")), ["vda1"]);
     let mut n = 0;
-    for (dir, raw, what) in [
-        ("snapshots/s/files/vda1", &snap_raw, "snapshot s vda1 (XFS)"),
-        ("live/files/vda1", &live_raw, "live vda1 (XFS)"),
+    // The kernel's view of the live XFS: its own log recovery of a copy of the partition.
+    let live_part = scratch.path("live-part.raw");
+    fs::write(
+        &live_part,
+        &fs::read(&live_raw).unwrap()[start as usize..(start + len) as usize],
+    )
+    .unwrap();
+    xfs_log::Mnt::new(&live_part, "rw").umount();
+    for (dir, raw, offset, what) in [
+        (
+            "snapshots/s/files/vda1",
+            &snap_raw,
+            start,
+            "snapshot s vda1 (XFS)",
+        ),
+        (
+            "live/files/vda1",
+            &live_part,
+            0,
+            "live vda1 (XFS, dirty log replayed)",
+        ),
     ] {
-        let kernel = xfs_helpers::XfsMount::new(raw, start, len);
+        let kernel = xfs_helpers::XfsMount::new(raw, offset, len);
         let (theirs, count) = tool_manifest(kernel.path());
         let (ours, _) = tool_manifest(&d(dir));
         assert_tool_manifests_eq(&ours, &theirs, what);

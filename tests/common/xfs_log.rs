@@ -20,25 +20,7 @@ fn p(path: &Path) -> &str {
     path.to_str().expect("test paths are UTF-8")
 }
 
-/// mkfs.xfs of a sparse file of `size`. The environment of the filesystem test suites lets
-/// mkfs.xfs 6.1 make filesystems under 300 MB and logs under 64 MB.
-pub fn mkfs_xfs(img: &Path, size: &str, args: &[&str]) {
-    sh("truncate", &["-s", size, p(img)]);
-    let out = Command::new("mkfs.xfs")
-        .args(["-q", "-f"])
-        .args(args)
-        .arg(img)
-        .env("TEST_DIR", "/tmp")
-        .env("TEST_DEV", "/dev/null")
-        .env("QA_CHECK_FS", "1")
-        .output()
-        .expect("mkfs.xfs (xfsprogs) installed");
-    assert!(
-        out.status.success(),
-        "mkfs.xfs {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+pub use crate::xfs_helpers::mkfs_xfs;
 
 /// A mount point that is unmounted (if still mounted) and removed on drop.
 pub struct Mnt {
