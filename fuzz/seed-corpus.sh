@@ -2,10 +2,13 @@
 # Builds seed corpora of small, valid inputs so the fuzzers start from real structures instead
 # of random bytes: qcow2 images (every feature the reader handles) for qcow2_image, ext2/3/4
 # images, a dirty journal, an MBR and a GPT disk for guest_ext4, and FAT12/16/32 images (trailing
-# zeros cut: guest_fat reads past an input's end as zeros) for guest_fat. Usage:
+# zeros cut: guest_fat reads past an input's end as zeros) for guest_fat, small LVM2 disks for
+# guest_lvm, a small XFS for guest_xfs, a dirty XFS log for guest_xfs_log, and a small NTFS
+# for guest_ntfs. Usage:
 #   fuzz/seed-corpus.sh [CORPUS_DIR]    (default fuzz/corpus; one folder per target)
 # Needs qemu-img, qemu-io, mkfs.ext2/3/4 (e2fsprogs, with debugfs), sfdisk, setfattr, mkfs.vfat
-# (dosfstools), mtools and perl.
+# (dosfstools), mtools, perl, xfsprogs and ntfs-3g; the XFS and NTFS seeds need root (loop
+# and ntfs-3g mounts).
 set -euo pipefail
 root=${1:-"$(dirname "$0")/corpus"}
 mkdir -p "$root/qcow2_image" "$root/guest_ext4" "$root/guest_fat"
@@ -234,4 +237,60 @@ mv lvm-mbr.out lvm-mbr.raw
 put lvm-mbr.raw $((790528 + base1)) 0 2 160
 put lvm-mbr.raw $((4096 + base0)) 160 1 96
 seed guest_lvm lvm-mbr.raw
+
+# guest_xfs and guest_xfs_log: a small XFS with 1 KiB blocks (the variables xfsprogs' own test
+# suite sets let mkfs.xfs make it under 300 MB) filled through a loop mount: a few hundred
+# names in one directory (leaf and node form), a file with an attribute btree, a fragmented
+# file, a remote symlink. guest_xfs gets its first 3 MiB; guest_xfs_log the superblock sector
+# and the log of a copy left dirty (changes forced into the log, then the filesystem shut down).
+mkdir -p "$root/guest_xfs" "$root/guest_xfs_log" "$root/guest_ntfs"
+xfs_mkfs() { TEST_DIR=/tmp TEST_DEV=/dev/null QA_CHECK_FS=1 mkfs.xfs -q -f "$@"; }
+truncate -s 64M xfs.raw
+xfs_mkfs -b size=1024 -d agcount=2 xfs.raw
+mkdir -p xm
+mount -o loop xfs.raw xm
+mkdir xm/names
+for i in $(seq 1 400); do : >"xm/names/entry-$i-with-a-longer-name"; done
+: >xm/attrs
+for i in $(seq 1 200); do setfattr -n "user.a$i" -v "value $i" xm/attrs; done
+for i in $(seq 0 2 200); do dd if=/dev/zero of=xm/fragmented bs=1k count=1 seek="$i" conv=notrunc status=none; sync; done
+ln -s "$(printf 'target/%.0s' $(seq 1 60))" xm/remote-link
+umount xm
+head -c 3M xfs.raw >xfs-b1k.raw
+seed guest_xfs xfs-b1k.raw
+mount -o loop xfs.raw xm
+xfs_io -x -c freeze -c thaw xm
+for i in $(seq 1 50); do echo "$i" >"xm/names/late-$i"; done
+rm xm/names/entry-1*
+xfs_io -x -c "shutdown -f" xm
+umount xm
+# sb_logstart is an AG-encoded block number: xfs_db converts it to a byte offset.
+logstart=$(xfs_db -r -c 'sb 0' -c 'p logstart' xfs.raw | awk '{print $3}')
+logblocks=$(xfs_db -r -c 'sb 0' -c 'p logblocks' xfs.raw | awk '{print $3}')
+logbyte=$(xfs_db -r -c "convert fsb $logstart byte" xfs.raw | sed 's/.*(\([0-9]*\)).*/\1/')
+{ head -c 512 xfs.raw; dd if=xfs.raw bs=1024 iflag=skip_bytes skip="$logbyte" count="$logblocks" status=none; } >xfs-log.raw
+seed guest_xfs_log xfs-log.raw
+
+# guest_ntfs: a small NTFS (1 KiB clusters) filled through ntfs-3g: a directory of 120
+# entries, a hard link, a symlink, an alternate data stream, a compressed directory's file,
+# a file with holes; the backup boot sector and trailing zeros cut (guest_ntfs reads past the
+# input's end as zeros).
+truncate -s 4M ntfs.raw
+mkntfs -q -F -Q -c 1024 ntfs.raw 2>/dev/null # (its notes on boot geometry: not a boot disk)
+mkdir -p nm
+ntfs-3g ntfs.raw nm
+mkdir nm/many nm/packed
+for i in $(seq 1 120); do echo "$i" >"nm/many/file number $i"; done
+echo linked >nm/one
+ln nm/one nm/two
+ln -s one nm/link
+setfattr -n user.stream -v "an alternate data stream" nm/one
+setfattr -n system.ntfs_attrib_be -v 0x00000800 nm/packed
+head -c 20000 /dev/zero | tr '\0' c >nm/packed/compressed
+dd if=/dev/zero of=nm/holes bs=1k count=1 seek=300 status=none
+umount nm
+truncate -s -512 ntfs.raw # the boot sector's backup, after the zeros
+truncate -s "$(perl -0777 -ne 's/\0+\z//; print length' ntfs.raw)" ntfs.raw
+seed guest_ntfs ntfs.raw
+
 echo "wrote $n seeds to $root"

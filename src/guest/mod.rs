@@ -266,6 +266,30 @@ pub fn fuzz_one_disk(data: &[u8]) {
     }
 }
 
+/// A fuzz input read as the start of a volume `len` bytes long, the rest zeros: the
+/// format-specific fuzz targets take a volume as long as its own header claims, so a seed
+/// with its trailing zeros cut can still be a volume of many megabytes.
+pub(crate) struct ZeroExtended {
+    pub(crate) data: Vec<u8>,
+    pub(crate) len: u64,
+}
+
+impl ByteSource for ZeroExtended {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        buf.fill(0);
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.data.len());
+        let end = start.saturating_add(buf.len()).min(self.data.len());
+        buf[..end - start].copy_from_slice(&self.data[start..end]);
+        Ok(())
+    }
+
+    fn byte_len(&self) -> std::io::Result<u64> {
+        Ok(self.len)
+    }
+}
+
 /// The part of [`fuzz_one_disk`] that reads an opened filesystem: a bounded walk, then the
 /// files' first and last bytes, symlinks, xattrs and a lookup in each directory. Also the
 /// body of format-specific fuzz targets ([`fat::fuzz_one_volume`]).

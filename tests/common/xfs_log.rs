@@ -20,6 +20,8 @@ fn p(path: &Path) -> &str {
     path.to_str().expect("test paths are UTF-8")
 }
 
+// One mkfs_xfs for every XFS test (not every test file that includes this one uses it).
+#[allow(unused_imports)]
 pub use crate::xfs_helpers::mkfs_xfs;
 
 /// A mount point that is unmounted (if still mounted) and removed on drop.

@@ -62,7 +62,9 @@ use parking_lot::Mutex;
 use crate::cache::{next_id, CacheKey, CacheValue, MetadataCache};
 use crate::source::ByteSource;
 
-use super::{CorruptKind, FileKind, GuestAttr, GuestDirEntry, GuestError, GuestFs, GuestTime};
+use super::{
+    CorruptKind, FileKind, GuestAttr, GuestDirEntry, GuestError, GuestFs, GuestTime, ZeroExtended,
+};
 use boot::{FatType, Geometry, BOOT_SECTOR_SIZE};
 use dir::{DirRef, Listed, ShortEntry, ATTR_RO};
 use table::{Link, TABLE_PIECE};
@@ -535,29 +537,6 @@ impl GuestFs for Fat {
         let e = self.file_entry(ino)?;
         let size = u64::from(e.size);
         Ok((offset < size).then_some((offset, size)))
-    }
-}
-
-/// A volume of `len` bytes whose first bytes are `data` and the rest zeros, without
-/// allocating the zeros.
-struct ZeroExtended {
-    data: Vec<u8>,
-    len: u64,
-}
-
-impl ByteSource for ZeroExtended {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        buf.fill(0);
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(self.data.len());
-        let end = start.saturating_add(buf.len()).min(self.data.len());
-        buf[..end - start].copy_from_slice(&self.data[start..end]);
-        Ok(())
-    }
-
-    fn byte_len(&self) -> std::io::Result<u64> {
-        Ok(self.len)
     }
 }
 

@@ -71,7 +71,9 @@ use crate::cache::{next_id, CacheKey, CacheValue, MetadataCache};
 use crate::source::ByteSource;
 
 use super::bytes::{read_u16le, read_u32le, read_u64le};
-use super::{CorruptKind, FileKind, GuestAttr, GuestDirEntry, GuestError, GuestFs, GuestTime};
+use super::{
+    CorruptKind, FileKind, GuestAttr, GuestDirEntry, GuestError, GuestFs, GuestTime, ZeroExtended,
+};
 use boot::{Geometry, BOOT_SECTOR_SIZE};
 use record::{
     RawBody, RecordHeader, ATTR_IS_COMPRESSED, ATTR_IS_ENCRYPTED, ATTR_IS_SPARSE,
@@ -1072,29 +1074,6 @@ impl GuestFs for Ntfs {
             Some(s) => self.stream_next_data(&s, offset),
             None => None,
         })
-    }
-}
-
-/// A volume of `len` bytes whose first bytes are `data` and the rest zeros, without
-/// allocating the zeros.
-struct ZeroExtended {
-    data: Vec<u8>,
-    len: u64,
-}
-
-impl ByteSource for ZeroExtended {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        buf.fill(0);
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(self.data.len());
-        let end = start.saturating_add(buf.len()).min(self.data.len());
-        buf[..end - start].copy_from_slice(&self.data[start..end]);
-        Ok(())
-    }
-
-    fn byte_len(&self) -> std::io::Result<u64> {
-        Ok(self.len)
     }
 }
 

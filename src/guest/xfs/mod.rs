@@ -49,7 +49,9 @@ use std::sync::Arc;
 use crate::cache::{next_id, CacheKey, CacheValue, MetadataCache};
 use crate::source::ByteSource;
 
-use super::{CorruptKind, FileKind, GuestAttr, GuestDirEntry, GuestError, GuestFs, Xattr};
+use super::{
+    CorruptKind, FileKind, GuestAttr, GuestDirEntry, GuestError, GuestFs, Xattr, ZeroExtended,
+};
 use inode::{ForkFormat, Inode};
 use sb::{Superblock, XFS_SB_MAGIC};
 
@@ -536,29 +538,6 @@ impl GuestFs for Xfs {
                 _ => return Ok(start.map(|s| (s, end.min(size)))),
             }
         }
-    }
-}
-
-/// A volume of `len` bytes whose first bytes are `data` and the rest zeros, without
-/// allocating the zeros.
-struct ZeroExtended {
-    data: Vec<u8>,
-    len: u64,
-}
-
-impl ByteSource for ZeroExtended {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        buf.fill(0);
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(self.data.len());
-        let end = start.saturating_add(buf.len()).min(self.data.len());
-        buf[..end - start].copy_from_slice(&self.data[start..end]);
-        Ok(())
-    }
-
-    fn byte_len(&self) -> std::io::Result<u64> {
-        Ok(self.len)
     }
 }
 
