@@ -14,16 +14,33 @@
 #   VSFS_BENCH_DIR   work directory (default /var/lib/libvirt/images/vsfs-files-bench), removed after
 #   VSFS_BENCH_KEEP=1  keep the images and the domain between runs (faster re-runs)
 #   VIRTSNAPFS_BIN   the binary to measure (default target/release/virtsnapfs, built here)
+#   VSFS_FILES_FS    ext4 (default: the tree in ext4 on partition 1, shown as files/vda1) or
+#                    xfs-lvm (the tree in XFS on a logical volume bench/root of an LVM2 PV on
+#                    partition 1, as RHEL-family guests install, shown as files/bench-root;
+#                    the kernel's XFS is then the reference)
 set -euo pipefail
+# The benchmark's mounts stay in a mount namespace of its own: libvirt runs each QEMU in a
+# copy of the host's, and a copy taken while one of our filesystems is mounted keeps it
+# mounted, and its last writes unflushed, after our umount.
+if [ -z "${VSFS_BENCH_OWN_NS:-}" ]; then
+  VSFS_BENCH_OWN_NS=1 exec unshare -m --propagation private bash "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-W=${VSFS_BENCH_DIR:-/var/lib/libvirt/images/vsfs-files-bench}
+FS=${VSFS_FILES_FS:-ext4}
+case "$FS" in
+  ext4) SUFFIX=""; FSTYPE=ext4; VOL=vda1; RO_OPTS=ro ;;
+  # Two mounts of one XFS (a) and (b) share its UUID, which the kernel refuses without nouuid.
+  xfs-lvm) SUFFIX=-xfs; FSTYPE=xfs; VOL=bench-root; RO_OPTS=ro,nouuid ;;
+  *) echo "files-bench: VSFS_FILES_FS must be ext4 or xfs-lvm, not $FS" >&2; exit 2 ;;
+esac
+W=${VSFS_BENCH_DIR:-/var/lib/libvirt/images/vsfs-files-bench$SUFFIX}
 URI=qemu:///system
-D=vsfs-files-bench
+D=vsfs-files-bench$SUFFIX
 MNT=$W/mnt          # virtsnapfs for the warm rows (and (a) warm over it)
 FRESH=$W/mnt-fresh  # virtsnapfs mounted afresh for each cold turn
-AMNT=$W/mnt-a       # (a) kernel ext4 over our vda.raw
-BMNT=$W/mnt-b       # (b) kernel ext4 over a local raw copy
+AMNT=$W/mnt-a       # (a) the kernel's filesystem over our vda.raw
+BMNT=$W/mnt-b       # (b) the kernel's filesystem over a local raw copy
 GMNT=$W/mnt-g       # (c) guestmount
 TURNS=5
 BENCH=files-bench
@@ -56,11 +73,90 @@ trap cleanup EXIT
 
 OFFSET=$((1 << 20))       # partition 1 starts at sector 2048
 FSSIZE=$((2560 << 20))    # 2.5 GiB filesystem
+# xfs-lvm: the PV's partition holds the label and metadata area, then the LV's extents from
+# pe_start (1 MiB, lvm2's default alignment) on; the LV's one linear segment starts at PE 0.
+PE_START=$((1 << 20))
+EXTENT=$((4 << 20))
+PARTSIZE=$FSSIZE
+FSOFF=$OFFSET             # where the filesystem starts on the disk
+if [ "$FS" = xfs-lvm ]; then
+  PARTSIZE=$((PE_START + FSSIZE + EXTENT))
+  FSOFF=$((OFFSET + PE_START))
+fi
+
+# make_fs TREE FS_IMAGE: the filesystem of the tree, FSSIZE bytes.
+make_fs() {
+  truncate -s "$FSSIZE" "$2"
+  if [ "$FS" = ext4 ]; then
+    mkfs.ext4 -q -F -L bench -d "$1" "$2"
+  else
+    # mkfs.xfs has no option to copy a tree in: fill it through the kernel, unmounted cleanly.
+    mkfs.xfs -q -f -L bench "$2"
+    local dev
+    dev=$(losetup -f --show "$2")
+    mount -t xfs "$dev" "$AMNT"
+    cp -a "$1/." "$AMNT/"
+    umount "$AMNT"
+    losetup -d "$dev"
+  fi
+}
+
+# place_fs FS_IMAGE DISK: partition 1 of a GPT disk; for xfs-lvm an LVM2 PV there whose VG
+# "bench" has one linear LV "root" over the filesystem. lvm2 runs with a private
+# configuration that sees only this loop device and keeps no backups (this host may have no
+# device-mapper: lvcreate cannot run, so the LV is written into the metadata by vgcfgrestore).
+place_fs() {
+  truncate -s $((OFFSET + PARTSIZE + (1 << 20))) "$2"
+  if [ "$FS" = ext4 ]; then
+    printf 'label: gpt\nstart=2048, size=%d, type=linux\n' $((PARTSIZE / 512)) | sfdisk -q "$2"
+  else
+    printf 'label: gpt\nstart=2048, size=%d, type=lvm\n' $((PARTSIZE / 512)) | sfdisk -q "$2"
+    local dev sys=$W/lvm
+    dev=$(losetup -o "$OFFSET" --sizelimit "$PARTSIZE" -f --show "$2")
+    LOOPS+=("$dev")
+    mkdir -p "$sys"
+    cat > "$sys/lvm.conf" <<CONF
+devices { filter = [ "a|^$dev\$|", "r|.*|" ] global_filter = [ "a|^$dev\$|", "r|.*|" ] use_devicesfile = 0 hints = "none" obtain_device_list_from_udev = 0 }
+backup { backup = 0 archive = 0 }
+activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }
+CONF
+    # lvm2's notes about the missing device-mapper are kept out of the output unless it fails.
+    lvm_() {
+      LVM_SYSTEM_DIR=$sys LVM_SUPPRESS_FD_WARNINGS=1 lvm "$@" 2>"$sys/stderr" ||
+        { cat "$sys/stderr" >&2; log "lvm $1 failed"; exit 1; }
+    }
+    lvm_ pvcreate -q -y --dataalignment 1m "$dev" >/dev/null
+    lvm_ vgcreate -q -s $((EXTENT >> 20))m bench "$dev" >/dev/null
+    [ "$(lvm_ pvs --noheadings --units b --nosuffix -o pe_start "$dev" | tr -d ' ')" = "$PE_START" ] ||
+      { log "unexpected pe_start on the PV"; exit 1; }
+    lvm_ vgcfgbackup -q -f "$sys/vg.txt" bench >/dev/null
+    local pv
+    pv=$(awk '/physical_volumes/ {f = 1; next} f && NF {print $1; exit}' "$sys/vg.txt")
+    python3 - "$sys/vg.txt" "$pv" $((FSSIZE / EXTENT)) <<'PY'
+import sys
+path, pv, count = sys.argv[1], sys.argv[2], sys.argv[3]
+text = open(path).read()
+lv = ("\tlogical_volumes {\n\t\troot {\n\t\t\tid = \"LV0000-aaaa-aaaa-aaaa-aaaa-aaaa-aaaaaa\"\n"
+      "\t\t\tstatus = [\"READ\", \"WRITE\", \"VISIBLE\"]\n\t\t\tflags = []\n\t\t\tsegment_count = 1\n"
+      "\t\t\tsegment1 {\n\t\t\t\tstart_extent = 0\n\t\t\t\textent_count = " + count + "\n"
+      "\t\t\t\ttype = \"striped\"\n\t\t\t\tstripe_count = 1\n\t\t\t\tstripes = [\"" + pv + "\", 0]\n"
+      "\t\t\t}\n\t\t}\n\t}\n")
+# The VG's section is the file's last: the LV goes before its closing brace.
+end = text.rindex("\n}")
+open(path, "w").write(text[:end + 1] + lv + text[end + 1:])
+PY
+    lvm_ vgcfgrestore -q -f "$sys/vg.txt" bench >/dev/null
+    losetup -d "$dev"
+    LOOPS=()
+    rm -rf "$sys"
+  fi
+  dd if="$1" of="$2" bs=1M seek="$FSOFF" oflag=seek_bytes conv=notrunc,sparse status=none
+}
 SNAP=s1
 
 # ---- images ---------------------------------------------------------------------------------
 if [ ! -e "$W/ready" ] || ! virsh dominfo "$D" >/dev/null 2>&1; then
-  log "building images (20,000 files and 1.2 GiB in ext4, GPT, base + overlay, a domain)"
+  log "building images (20,000 files and 1.2 GiB in $FS, GPT, base + overlay, a domain)"
   virsh undefine "$D" --snapshots-metadata >/dev/null 2>&1 || true
   rm -rf "$W/tree" "$W"/*.raw "$W"/*.qcow2 "$W/ready"
   t0=$(now)
@@ -87,21 +183,18 @@ for i in range(4):
             f.write(chunk(1 << 20))
 PY
   log "tree: $(find "$W/tree" | wc -l) entries, $(du -sm --apparent-size "$W/tree" | cut -f1) MiB ($(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }') s)"
-  truncate -s "$FSSIZE" "$W/fs.raw"
-  mkfs.ext4 -q -F -L bench -d "$W/tree" "$W/fs.raw"
+  make_fs "$W/tree" "$W/fs.raw"
   rm -rf "$W/tree"
-  truncate -s $((OFFSET + FSSIZE + (1 << 20))) "$W/disk.raw"
-  printf 'label: gpt\nstart=2048, size=%d, type=linux\n' $((FSSIZE / 512)) | sfdisk -q "$W/disk.raw"
-  dd if="$W/fs.raw" of="$W/disk.raw" bs=1M seek="$OFFSET" oflag=seek_bytes conv=notrunc,sparse status=none
+  place_fs "$W/fs.raw" "$W/disk.raw"
   rm -f "$W/fs.raw"
   qemu-img convert -f raw -O qcow2 "$W/disk.raw" "$W/base.qcow2"
-  # The overlay: changes made by the kernel's ext4 on a copy (200 files rewritten, 100
+  # The overlay: changes made by the kernel's filesystem on a copy (200 files rewritten, 100
   # deleted, a new directory of 500 files, 16 MiB appended to a large file), and only the
   # 64 KiB chunks that differ written into it.
   cp --sparse=always "$W/disk.raw" "$W/changed.raw"
-  dev=$(losetup -o "$OFFSET" --sizelimit "$FSSIZE" -f --show "$W/changed.raw")
+  dev=$(losetup -o "$FSOFF" --sizelimit "$FSSIZE" -f --show "$W/changed.raw")
   LOOPS+=("$dev")
-  mount -t ext4 "$dev" "$AMNT"
+  mount -t "$FSTYPE" "$dev" "$AMNT"
   for i in $(seq 0 100 19900); do
     head -c $((i + 1000)) /dev/urandom > "$AMNT/d$(printf %02d $(((i % 300) / 15)))/s$(printf %02d $((i % 15)))/f$(printf %05d "$i").dat"
   done
@@ -138,7 +231,7 @@ PY
   rm -f "$W"/chunk.* "$W/chunks" "$W/disk.raw"
   # (b)'s local raw copy: the chain's bytes as qemu-img reads them.
   qemu-img convert -O raw "$W/top.qcow2" "$W/local.raw"
-  cmp -s "$W/changed.raw" "$W/local.raw" || { log "the overlay does not hold the changed disk"; exit 1; }
+  cmp -s "$W/changed.raw" "$W/local.raw" || { log "the overlay does not hold the changed disk: $(cmp "$W/changed.raw" "$W/local.raw" | head -1)"; exit 1; }
   rm -f "$W/changed.raw"
   type=qemu
   [ -e /dev/kvm ] && type=kvm
@@ -168,10 +261,10 @@ unmount_vsfs() { # mountpoint pid: notes the daemon's peak RSS, unmounts, waits 
   for _ in 1 2 3 4 5 6 7 8 9 10; do fusermount3 -u "$1" 2>/dev/null && break; sleep 0.2; done
   for _ in $(seq 1 100); do kill -0 "$2" 2>/dev/null || break; sleep 0.05; done
 }
-loop_mount() { # file mountpoint -> loop device, the partition's ext4 mounted read-only on it
+loop_mount() { # file mountpoint -> loop device, the guest filesystem mounted read-only on it
   local dev
-  dev=$(losetup -r -o "$OFFSET" --sizelimit "$FSSIZE" -f --show "$1")
-  mount -t ext4 -o ro "$dev" "$2"
+  dev=$(losetup -r -o "$FSOFF" --sizelimit "$FSSIZE" -f --show "$1")
+  mount -t "$FSTYPE" -o "$RO_OPTS" "$dev" "$2"
   echo "$dev"
 }
 loop_umount() { # mountpoint device
@@ -184,8 +277,8 @@ PIDS+=("$VSFS_PID")
 # Measured through the snapshot (the state users recover files from; it holds the same bytes
 # as live/, taken after the overlay's changes); live/ gets a context row below.
 VIEW=snapshots/$SNAP
-OURS=$MNT/$D/$VIEW/files/vda1
-ls "$MNT/$D/$VIEW/files/" | grep -qx vda1 || { log "files/ of $D shows no vda1"; exit 1; }
+OURS=$MNT/$D/$VIEW/files/$VOL
+ls "$MNT/$D/$VIEW/files/" | grep -qx "$VOL" || { log "files/ of $D shows no $VOL"; exit 1; }
 ADEV=$(loop_mount "$MNT/$D/$VIEW/vda.raw" "$AMNT"); LOOPS+=("$ADEV")
 BDEV=$(loop_mount "$W/local.raw" "$BMNT"); LOOPS+=("$BDEV")
 
@@ -219,7 +312,7 @@ cold() { # find|tar ours|a|b
     ours)
       pid=$(mount_vsfs "$FRESH")
       drop_caches
-      r=$(run "$1" "$FRESH/$D/$VIEW/files/vda1" ours)
+      r=$(run "$1" "$FRESH/$D/$VIEW/files/$VOL" ours)
       unmount_vsfs "$FRESH" "$pid" ;;
     a)
       pid=$(mount_vsfs "$FRESH")
@@ -277,7 +370,7 @@ for w in find tar; do
 done
 # live/files/: the same bytes, but a live file may change between two opens, so the kernel
 # drops its cached pages at each open and every warm read comes from the daemon again.
-LIVE=$MNT/$D/live/files/vda1
+LIVE=$MNT/$D/live/files/$VOL
 for w in find tar; do
   run "$w" "$LIVE" live > /dev/null
   l=""
@@ -302,7 +395,7 @@ t=""
 for _ in $(seq 1 $TURNS); do
   pid=$(mount_vsfs "$FRESH")
   drop_caches
-  t0=$(now); head -c1 "$FRESH/$D/snapshots/$SNAP/files/vda1/$FILE" > /dev/null; t1=$(now)
+  t0=$(now); head -c1 "$FRESH/$D/snapshots/$SNAP/files/$VOL/$FILE" > /dev/null; t1=$(now)
   t+=" $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) * 1000 }')"
   unmount_vsfs "$FRESH" "$pid"
 done
@@ -364,6 +457,8 @@ note "(c) libguestfs guestmount: $GUESTFS"
 
 echo
 echo "virtsnapfs guest-files benchmark, $(date -u +%F), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -r)"
-echo "tree: $ENTRIES entries, tar of $((TARBYTES >> 20)) MiB, ext4 on GPT partition 1 in base.qcow2 + overlay; medians of $TURNS turns"
-echo "through $VIEW/files/vda1; (a) kernel ext4 on a read-only loop device over virtsnapfs's $VIEW/vda.raw; (b) the same over a local raw copy"
+where="ext4 on GPT partition 1"
+[ "$FS" = xfs-lvm ] && where="XFS on LV bench/root of an LVM2 PV on GPT partition 1"
+echo "tree: $ENTRIES entries, tar of $((TARBYTES >> 20)) MiB, $where in base.qcow2 + overlay; medians of $TURNS turns"
+echo "through $VIEW/files/$VOL; (a) kernel $FSTYPE on a read-only loop device over virtsnapfs's $VIEW/vda.raw; (b) the same over a local raw copy"
 print_results
