@@ -115,6 +115,15 @@ fn revert_cycles(
             dom.name,
             image.display()
         );
+        // Long runs (VSFS_LOOP_FULL) say how far they are.
+        if (cycle + 1) % 100 == 0 {
+            eprintln!(
+                "{}: {} of {n} cycles in {:.1} s, {failures} failed",
+                dom.name,
+                cycle + 1,
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     eprintln!(
         "{}: {n} cycles in {:.1} s, {failures} failed",
