@@ -269,9 +269,9 @@ pub fn fuzz_one_disk(data: &[u8]) {
 /// A fuzz input read as the start of a volume `len` bytes long, the rest zeros: the
 /// format-specific fuzz targets take a volume as long as its own header claims, so a seed
 /// with its trailing zeros cut can still be a volume of many megabytes.
-pub(crate) struct ZeroExtended {
-    pub(crate) data: Vec<u8>,
-    pub(crate) len: u64,
+struct ZeroExtended {
+    data: Vec<u8>,
+    len: u64,
 }
 
 impl ByteSource for ZeroExtended {
@@ -287,6 +287,28 @@ impl ByteSource for ZeroExtended {
 
     fn byte_len(&self) -> std::io::Result<u64> {
         Ok(self.len)
+    }
+}
+
+/// The body every format-specific fuzz target shares: `data` as the start of a volume of
+/// `claimed` bytes (its own header's claim; the rest reads as zeros), probed with `probe`,
+/// opened with `open` through a small cache, then read as [`fuzz_one_disk`] reads a
+/// filesystem.
+pub(crate) fn fuzz_volume_prefix<F: GuestFs>(
+    data: &[u8],
+    claimed: u64,
+    probe: fn(&dyn ByteSource) -> Result<bool, GuestError>,
+    open: impl FnOnce(Arc<dyn ByteSource>, Arc<MetadataCache>) -> Result<F, GuestError>,
+) {
+    let dev: Arc<dyn ByteSource> = Arc::new(ZeroExtended {
+        data: data.to_vec(),
+        len: claimed.max(data.len() as u64),
+    });
+    if !probe(dev.as_ref()).unwrap_or(false) {
+        return;
+    }
+    if let Ok(fs) = open(dev, Arc::new(MetadataCache::new(256 << 10))) {
+        fuzz_read_all(&fs);
     }
 }
 

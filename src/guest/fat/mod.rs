@@ -62,9 +62,7 @@ use parking_lot::Mutex;
 use crate::cache::{next_id, CacheKey, CacheValue, MetadataCache};
 use crate::source::ByteSource;
 
-use super::{
-    CorruptKind, FileKind, GuestAttr, GuestDirEntry, GuestError, GuestFs, GuestTime, ZeroExtended,
-};
+use super::{CorruptKind, FileKind, GuestAttr, GuestDirEntry, GuestError, GuestFs, GuestTime};
 use boot::{FatType, Geometry, BOOT_SECTOR_SIZE};
 use dir::{DirRef, Listed, ShortEntry, ATTR_RO};
 use table::{Link, TABLE_PIECE};
@@ -551,15 +549,5 @@ pub fn fuzz_one_volume(data: &[u8]) {
         let big = u64::from(super::bytes::read_u32le(data, 32));
         sector * if small != 0 { small } else { big }
     };
-    let dev: Arc<dyn ByteSource> = Arc::new(ZeroExtended {
-        data: data.to_vec(),
-        len: claimed.max(data.len() as u64),
-    });
-    if !probe(dev.as_ref()).unwrap_or(false) {
-        return;
-    }
-    let cache = Arc::new(MetadataCache::new(256 << 10));
-    if let Ok(fs) = Fat::open(dev, cache) {
-        super::fuzz_read_all(&fs);
-    }
+    super::fuzz_volume_prefix(data, claimed, probe, Fat::open);
 }

@@ -71,9 +71,7 @@ use crate::cache::{next_id, CacheKey, CacheValue, MetadataCache};
 use crate::source::ByteSource;
 
 use super::bytes::{read_u16le, read_u32le, read_u64le};
-use super::{
-    CorruptKind, FileKind, GuestAttr, GuestDirEntry, GuestError, GuestFs, GuestTime, ZeroExtended,
-};
+use super::{CorruptKind, FileKind, GuestAttr, GuestDirEntry, GuestError, GuestFs, GuestTime};
 use boot::{Geometry, BOOT_SECTOR_SIZE};
 use record::{
     RawBody, RecordHeader, ATTR_IS_COMPRESSED, ATTR_IS_ENCRYPTED, ATTR_IS_SPARSE,
@@ -1085,15 +1083,5 @@ pub fn fuzz_one_volume(data: &[u8]) {
     let claimed = read_u64le(data, 0x28)
         .saturating_mul(u64::from(read_u16le(data, 0x0B)))
         .min(1 << 40);
-    let dev: Arc<dyn ByteSource> = Arc::new(ZeroExtended {
-        data: data.to_vec(),
-        len: claimed.max(data.len() as u64),
-    });
-    if !probe(dev.as_ref()).unwrap_or(false) {
-        return;
-    }
-    let cache = Arc::new(MetadataCache::new(256 << 10));
-    if let Ok(fs) = Ntfs::open(dev, cache) {
-        super::fuzz_read_all(&fs);
-    }
+    super::fuzz_volume_prefix(data, claimed, probe, Ntfs::open);
 }

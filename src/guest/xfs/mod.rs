@@ -49,9 +49,7 @@ use std::sync::Arc;
 use crate::cache::{next_id, CacheKey, CacheValue, MetadataCache};
 use crate::source::ByteSource;
 
-use super::{
-    CorruptKind, FileKind, GuestAttr, GuestDirEntry, GuestError, GuestFs, Xattr, ZeroExtended,
-};
+use super::{CorruptKind, FileKind, GuestAttr, GuestDirEntry, GuestError, GuestFs, Xattr};
 use inode::{ForkFormat, Inode};
 use sb::{Superblock, XFS_SB_MAGIC};
 
@@ -560,16 +558,9 @@ pub fn fuzz_one_volume(data: &[u8]) {
     let data = &data[..];
     let claimed = super::bytes::read_u64be(data, 8)
         .saturating_mul(u64::from(super::bytes::read_u32be(data, 4)));
-    let dev: Arc<dyn ByteSource> = Arc::new(ZeroExtended {
-        data: data.to_vec(),
-        len: claimed.max(data.len() as u64),
-    });
-    if !probe(dev.as_ref()).unwrap_or(false) {
-        return;
-    }
-    let cache = Arc::new(MetadataCache::new(256 << 10));
-    if let Ok(mut fs) = Xfs::open(dev, cache) {
+    super::fuzz_volume_prefix(data, claimed, probe, |dev, cache| {
+        let mut fs = Xfs::open(dev, cache)?;
         fs.sb.verify_crc = false;
-        super::fuzz_read_all(&fs);
-    }
+        Ok(fs)
+    });
 }
