@@ -3,13 +3,16 @@
 //! snapshots; what find, stat, sha256sum, getfattr, cp -a and tar see of them through the
 //! mount equals what they see of the kernel's loop mount of the same bytes. A FAT32 EFI
 //! system partition and an LVM2 logical volume of ext4 on one GPT disk are checked the same
-//! way against mtools' extraction and the kernel's loop mount of the LV's bytes.
+//! way against mtools' extraction and the kernel's loop mount of the LV's bytes; XFS (with a
+//! dirty log) against the kernel's recovery, NTFS on an MBR disk against ntfs-3g's view.
 
 mod common;
 #[path = "common/fat.rs"]
 mod fat_helpers;
 #[path = "common/lvm.rs"]
 mod lvm;
+#[path = "common/ntfs.rs"]
+mod ntfs_helpers;
 #[path = "common/xfs.rs"]
 mod xfs_helpers;
 #[path = "common/xfs_log.rs"]
@@ -777,4 +780,102 @@ fn xfs_in_a_gpt_partition_matches_the_kernel() {
     assert!(n > 4000, "only {n} paths compared");
     assert!(d("live/files/vda1/after").exists());
     assert!(!d("snapshots/s/files/vda1/after").exists());
+}
+
+/// The bytes `len` long at `start` of `raw`, as a file of their own (ntfs-3g reads a file or
+/// a device, not a range of one).
+fn slice_to(raw: &Path, start: u64, len: u64, out: &Path) {
+    let bytes = fs::read(raw).unwrap();
+    fs::write(out, &bytes[start as usize..(start + len) as usize]).unwrap();
+}
+
+#[test]
+fn ntfs_in_an_mbr_partition_matches_ntfs3g() {
+    let (scratch, ntfs) = ntfs_helpers::scratch();
+    let scratch_path = |name: &str| scratch.path().join(name);
+    ntfs_helpers::make_ntfs(&ntfs, "64M", 1500);
+    let disk = scratch_path("disk.raw");
+    let parts = partitioned_disk(
+        &disk,
+        "80M",
+        "label: dos\nstart=2048, size=64M, type=7\n",
+        &[(1, &ntfs)],
+    );
+    let (start, len) = parts[&1];
+    let dom = TestDomain::new("ntfsmbr", "80M");
+    let image = dom.path("vda.qcow2");
+    to_qcow2(&disk, &image);
+    dom.define(&[("vda", "qcow2", &image)]);
+    dom.snapshot("s", &[]);
+    // The live volume changes after the snapshot, through ntfs-3g: a file added, one
+    // removed, one rewritten.
+    let ntfs2 = scratch_path("ntfs2.raw");
+    fs::copy(&ntfs, &ntfs2).unwrap();
+    let m = ntfs_helpers::NtfsMount::new(&ntfs2, &[]);
+    fs::write(m.path().join("after"), b"written after the snapshot\n").unwrap();
+    fs::remove_file(m.path().join("hello")).unwrap();
+    fs::write(m.path().join("exact-4k"), b"rewritten\n").unwrap();
+    m.unmount();
+    dom.write(
+        "vda.qcow2",
+        &format!(
+            "write -s {} {start} {}",
+            s(&ntfs2),
+            fs::metadata(&ntfs2).unwrap().len()
+        ),
+    );
+    let (snap_raw, live_raw) = (scratch_path("snap.raw"), scratch_path("live.raw"));
+    convert(&image, Some("s"), &snap_raw);
+    convert(&image, None, &live_raw);
+
+    let mount = Mount::new(&[]);
+    let d = |rel: &str| mount.path(&format!("{}/{rel}", dom.name));
+    assert_eq!(ls(&d("snapshots/s/files")), ["vda1"]);
+    assert_eq!(ls(&d("live/files")), ["vda1"]);
+    let mut n = 0;
+    for (dir, raw, what) in [
+        (
+            "snapshots/s/files/vda1",
+            &snap_raw,
+            "snapshot s vda1 (NTFS)",
+        ),
+        ("live/files/vda1", &live_raw, "live vda1 (NTFS)"),
+    ] {
+        let part = scratch_path("part.raw");
+        slice_to(raw, start, len, &part);
+        let theirs_mount = ntfs_helpers::NtfsMount::new(&part, &["ro"]);
+        let (theirs, count) = tool_manifest(theirs_mount.path());
+        let (ours, _) = tool_manifest(&d(dir));
+        assert_tool_manifests_eq(&ours, &theirs, what);
+        // cp -a of the whole volume keeps every byte, link and stream ntfs-3g shows.
+        let copy = scratch_path("copy");
+        let _ = fs::remove_dir_all(&copy);
+        sh("cp", &["-a", &format!("{}/.", s(&d(dir))), s(&copy)]);
+        let (copied, _) = tool_manifest(&copy);
+        let (theirs_again, _) = tool_manifest(theirs_mount.path());
+        assert_eq!(
+            copied
+                .lines()
+                .filter(|l| l.contains("  ./"))
+                .collect::<Vec<_>>(),
+            theirs_again
+                .lines()
+                .filter(|l| l.contains("  ./"))
+                .collect::<Vec<_>>(),
+            "{what}: sha256 of cp -a's copy"
+        );
+        theirs_mount.unmount();
+        n += count;
+    }
+    assert!(n > 3000, "only {n} paths compared");
+    assert!(d("live/files/vda1/after").exists());
+    assert!(!d("snapshots/s/files/vda1/after").exists());
+    assert_eq!(
+        fs::read(d("snapshots/s/files/vda1/hello")).unwrap(),
+        b"hello, world\n"
+    );
+    assert_eq!(
+        fs::read(d("live/files/vda1/exact-4k")).unwrap(),
+        b"rewritten\n"
+    );
 }
