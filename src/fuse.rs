@@ -17,6 +17,10 @@ use fuser::{
 use crate::error::FsError;
 use crate::fs::{Attr, KernelCache, NodeKind, VirtSnapFs, Whence};
 
+/// The file handle of reads on files the kernel opened itself (opens answered ENOSYS).
+/// The core's own handles start at 1.
+const NO_HANDLE: u64 = 0;
+
 /// Largest read the kernel sends us in one request (fuser derives max_pages from it).
 const MAX_READ: u32 = 1 << 20;
 
@@ -258,6 +262,14 @@ impl Filesystem for FuseAdapter {
         };
         let _ = config.set_max_write(MAX_READ);
         log::info!("kernel readahead for this mount: {} KiB", readahead / 1024);
+        // Cached pages of a file whose mtime or size changed are dropped when the kernel
+        // next refreshes its attributes: what keeps live files fresh when opens are skipped.
+        if config
+            .add_capabilities(fuser::InitFlags::FUSE_AUTO_INVAL_DATA)
+            .is_err()
+        {
+            log::warn!("the kernel cannot drop cached pages of changed files by itself (no FUSE_AUTO_INVAL_DATA): mount with -o close_to_open");
+        }
         Ok(())
     }
 
@@ -405,7 +417,14 @@ impl Filesystem for FuseAdapter {
         ));
     }
 
+    /// While the refresher runs (see [`VirtSnapFs::skips_opens`]), ENOSYS: the kernel stops
+    /// sending open and release for this mount and opens every file itself with
+    /// FOPEN_KEEP_CACHE; reads then come with file handle 0 and are served by inode. A write
+    /// open is then refused at its first write (or at open, with O_TRUNC) instead of at open.
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.fs.skips_opens() {
+            return reply.error(Errno::from_i32(libc::ENOSYS));
+        }
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         match self.fs.open(ino.0, write) {
             Ok(o) => {
@@ -425,7 +444,7 @@ impl Filesystem for FuseAdapter {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -435,7 +454,12 @@ impl Filesystem for FuseAdapter {
     ) {
         READ_BUFFER.with_borrow_mut(|buf| {
             buf.resize(size as usize, 0);
-            match self.fs.read_into(fh.0, offset, buf) {
+            let read = if fh.0 == NO_HANDLE {
+                self.fs.read_node(ino.0, offset, buf)
+            } else {
+                self.fs.read_into(fh.0, offset, buf)
+            };
+            match read {
                 Ok(n) => reply.data(&buf[..n]),
                 Err(e) => reply.error(errno("read", &e)),
             }
@@ -575,7 +599,7 @@ impl Filesystem for FuseAdapter {
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
@@ -589,7 +613,12 @@ impl Filesystem for FuseAdapter {
         let Ok(offset) = u64::try_from(offset) else {
             return reply.error(Errno::from_i32(libc::ENXIO));
         };
-        match self.fs.lseek(fh.0, offset, whence) {
+        let sought = if fh.0 == NO_HANDLE {
+            self.fs.lseek_node(ino.0, offset, whence)
+        } else {
+            self.fs.lseek(fh.0, offset, whence)
+        };
+        match sought {
             Ok(o) => reply.offset(o as i64),
             Err(e) => reply.error(errno("lseek", &e)),
         }

@@ -145,6 +145,7 @@ pub fn parse_options(lists: &[String]) -> Result<MountOptions, String> {
                 }
             }
             ("allow_stop", None) => o.fs.ops.allow_stop = true,
+            ("close_to_open", None) => o.fs.close_to_open = true,
             ("state_dir", Some(v)) => o.fs.ops.state_dir = PathBuf::from(v),
             ("merge_timeout", Some(v)) => {
                 let secs: f64 = parse_number("merge_timeout", v)?;

@@ -30,6 +30,7 @@ fn man_page_lints_clean_and_lists_every_option() {
         ("nofail", "nofail"),
         ("snapshot_kind=", "snapshot_kind=external"),
         ("allow_stop", "allow_stop"),
+        ("close_to_open", "close_to_open"),
         ("state_dir=", "state_dir=/tmp/x"),
         ("merge_timeout=", "merge_timeout=30"),
         ("merge_bandwidth=", "merge_bandwidth=1000000"),

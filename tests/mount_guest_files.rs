@@ -390,10 +390,22 @@ fn hostile_directory_loops_give_eio_and_a_log_line_while_the_rest_works() {
         fs::metadata(&raw).unwrap().len()
     );
     assert_eq!(ls(&d("live/files")), ["vda"]);
-    // Files are read-only; rm in live/files is refused.
+    // Files are read-only: a write open is refused at its first write (the kernel opens
+    // files itself), one with O_TRUNC at open; rm in live/files is refused.
     let hello = d("live/files/vda/hello");
-    let err = fs::OpenOptions::new().write(true).open(&hello).unwrap_err();
+    let err = fs::OpenOptions::new()
+        .write(true)
+        .open(&hello)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"x"))
+        .unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    let err = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&hello)
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    assert_eq!(fs::read(&hello).unwrap(), b"hello, world\n");
     let err = fs::remove_file(&hello).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
     assert!(hello.exists());

@@ -22,6 +22,10 @@ pub struct Attr {
     /// Changes without libvirt knowing (a live disk written by its guest, the status file):
     /// the kernel must not cache it longer than the refresh interval.
     pub volatile: bool,
+    /// Changes with every write to an image (a live disk): the kernel asks again before
+    /// each read, so that a write made by any means before a read is seen (the kernel drops
+    /// the pages it cached once it sees the mtime or size change).
+    pub checked_each_read: bool,
     pub size: u64,
     /// Allocated bytes (st_blocks * 512).
     pub allocated: u64,
@@ -47,6 +51,7 @@ impl Attr {
             ino,
             kind,
             volatile: false,
+            checked_each_read: false,
             size: 0,
             allocated: 0,
             perm,

@@ -60,6 +60,37 @@ pub(super) struct LiveHandle {
     opened_at: u64,
 }
 
+/// A handle the daemon opened itself for the reads of one inode. When the kernel skips
+/// open and release ([`VirtSnapFs::skips_opens`]), reads name only the inode: what an open
+/// would have resolved is resolved at the first read and kept while it is still right.
+pub(super) struct ImplicitHandle {
+    fh: u64,
+    /// The domain's change counter when it was opened: any snapshot operation or change
+    /// found by the refresher makes it stale.
+    counter: u64,
+    opened: Instant,
+    /// A live node (live disk, live guest file, domain XML, status): stale after the
+    /// refresh interval too, as a disk in use changes without libvirt saying so.
+    live: bool,
+    /// A live disk's image files and their mtimes and sizes when it was opened: stale as
+    /// soon as one changes (a write by the guest or by any tool), as an open was.
+    files: Vec<std::path::PathBuf>,
+    stamp: Vec<crate::ops::images::FileStamp>,
+}
+
+/// At most this many implicit handles are kept; the least recently read is released.
+pub(super) const IMPLICIT_HANDLES: usize = 256;
+
+/// The files a chain reads: each layer's image and its external data file.
+pub(super) fn chain_files(chain: &Chain) -> Vec<std::path::PathBuf> {
+    chain
+        .layers()
+        .iter()
+        .flat_map(|l| std::iter::once(&l.path).chain(l.data_file.as_ref()))
+        .cloned()
+        .collect()
+}
+
 /// How often a live disk's read starts again because an operation began during it.
 pub(super) const LIVE_READ_TRIES: usize = 8;
 
@@ -231,12 +262,7 @@ impl VirtSnapFs {
         // Pages cached by earlier reads stay valid while the domain is shut off and the
         // same files, unchanged, serve this open as served the previous one.
         // Unchanged mtimes and sizes of the same files mean unchanged bytes.
-        let files: Vec<std::path::PathBuf> = chain
-            .layers()
-            .iter()
-            .flat_map(|l| std::iter::once(&l.path).chain(l.data_file.as_ref()))
-            .cloned()
-            .collect();
+        let files = chain_files(&chain);
         let stamp = crate::ops::images::files_stamp(&files);
         let served = format!("{:?}|{files:?}|{stamp:?}", disk.chain);
         let same = self.remember_served(key, served);
@@ -435,6 +461,145 @@ impl VirtSnapFs {
 
     pub fn release(&self, fh: u64) {
         self.handles.lock().remove(&fh);
+    }
+
+    /// Whether the kernel is to skip open and release for this mount: it then opens every
+    /// file itself, keeping its cached pages, and reads name only the inode (see
+    /// [`VirtSnapFs::read_node`]). Each open and close of a file would otherwise cost a
+    /// round trip to the daemon: two of the three requests per file of a warm `tar` of a
+    /// guest tree. Safe only while the refresher runs, since the kernel's cached pages are
+    /// then dropped whenever a disk changes (a snapshot operation, a change libvirt
+    /// reports), and with auto_inval_data whenever a file's mtime or size changes.
+    pub fn skips_opens(&self) -> bool {
+        !self.options.close_to_open && self.refresher_running.load(Ordering::Relaxed)
+    }
+
+    /// Reads inode `ino` without a handle of the caller's (the kernel skips opens).
+    pub fn read_node(&self, ino: u64, offset: u64, buf: &mut [u8]) -> Result<usize, FsError> {
+        self.with_implicit(ino, |fh| self.read_into(fh, offset, buf))
+    }
+
+    /// SEEK_DATA / SEEK_HOLE in inode `ino` without a handle of the caller's.
+    pub fn lseek_node(&self, ino: u64, offset: u64, whence: Whence) -> Result<u64, FsError> {
+        self.with_implicit(ino, |fh| self.lseek(fh, offset, whence))
+    }
+
+    /// Runs `f` on the implicit handle of `ino`, again on a fresh one if the handle went
+    /// stale while `f` ran (a snapshot operation, or another reader replaced it).
+    fn with_implicit<T>(
+        &self,
+        ino: u64,
+        mut f: impl FnMut(u64) -> Result<T, FsError>,
+    ) -> Result<T, FsError> {
+        let mut tries = 0;
+        loop {
+            let (fh, counter) = self.implicit_handle(ino)?;
+            match f(fh) {
+                Err(_) if tries < 2 && self.implicit_is_stale(ino, fh, counter) => tries += 1,
+                result => return result,
+            }
+        }
+    }
+
+    /// The domain change counter that an implicit handle of `key` is checked against.
+    fn counter_of(&self, key: &NodeKey) -> u64 {
+        key.domain()
+            .map_or(0, |d| self.change_counter(d).load(Ordering::Acquire))
+    }
+
+    fn implicit_is_stale(&self, ino: u64, fh: u64, counter: u64) -> bool {
+        let now = self
+            .key(ino)
+            .map(|k| self.counter_of(&k))
+            .unwrap_or(counter);
+        now != counter || self.implicit.lock().peek(&ino).is_none_or(|h| h.fh != fh)
+    }
+
+    /// The handle reads of `ino` go through, and the counter it was checked against:
+    /// the kept one while it is still right, else one opened now.
+    fn implicit_handle(&self, ino: u64) -> Result<(u64, u64), FsError> {
+        let key = match self.key(ino) {
+            Ok(key) => key,
+            // A deleted snapshot's nodes are gone: a handle kept from before answers (EIO,
+            // saying why) rather than "no such inode".
+            Err(e) => {
+                let kept = self.implicit.lock().peek(&ino).map(|h| (h.fh, h.counter));
+                return match kept {
+                    Some((fh, counter)) if self.handle(fh).is_err() => Ok((fh, counter)),
+                    _ => Err(e),
+                };
+            }
+        };
+        let counter = self.counter_of(&key);
+        let live = matches!(
+            key,
+            NodeKey::DomainXml(_)
+                | NodeKey::Status(_)
+                | NodeKey::LiveDisk(..)
+                | NodeKey::Guest(_, None, _, _)
+        );
+        let fresh = |h: &ImplicitHandle| {
+            h.counter == counter
+                && !(h.live && h.opened.elapsed() >= self.options.refresh)
+                && (h.files.is_empty() || crate::ops::images::files_stamp(&h.files) == h.stamp)
+        };
+        let stale = match self.implicit.lock().get(&ino) {
+            Some(h) if fresh(h) => return Ok((h.fh, counter)),
+            Some(h) => Some(h.fh),
+            None => None,
+        };
+        let opened = match self.open(ino, false) {
+            Ok(o) => o.fh,
+            // A snapshot deleted since its handle was opened: the old handle answers the
+            // reads (EIO, saying why) rather than the lookup's "no such snapshot".
+            Err(e) => {
+                return match stale {
+                    Some(fh) if self.handle(fh).is_err() => Ok((fh, counter)),
+                    _ => Err(e),
+                }
+            }
+        };
+        let mut map = self.implicit.lock();
+        // Another reader may have opened one meanwhile: the first one kept serves both.
+        if let Some(h) = map.get(&ino).filter(|h| fresh(h) && Some(h.fh) != stale) {
+            let fh = h.fh;
+            drop(map);
+            self.release(opened);
+            return Ok((fh, counter));
+        }
+        let files = match (&key, self.handle(opened)) {
+            (NodeKey::LiveDisk(..), Ok(HandleRef::Disk(chain, ..))) => chain_files(&chain),
+            _ => Vec::new(),
+        };
+        let handle = ImplicitHandle {
+            fh: opened,
+            counter,
+            opened: Instant::now(),
+            live,
+            stamp: crate::ops::images::files_stamp(&files),
+            files,
+        };
+        let dropped = map.push(ino, handle);
+        drop(map);
+        if let Some((_, old)) = dropped {
+            self.release(old.fh);
+        }
+        Ok((opened, counter))
+    }
+
+    /// Why the implicit handle kept for `ino` may no longer read (its snapshot is being
+    /// deleted or was deleted), if it may not.
+    pub(super) fn kept_handle_error(&self, ino: u64) -> Option<FsError> {
+        let fh = self.implicit.lock().peek(&ino)?.fh;
+        self.handle(fh).err()
+    }
+
+    /// Releases the implicit handle of an inode the kernel no longer holds.
+    pub(super) fn drop_implicit(&self, ino: u64) {
+        let dropped = self.implicit.lock().pop(&ino);
+        if let Some(h) = dropped {
+            self.release(h.fh);
+        }
     }
 
     /// Records what an open of a disk serves; true when the previous open of the same disk

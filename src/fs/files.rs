@@ -390,12 +390,7 @@ impl VirtSnapFs {
             )?,
         };
         let files: Vec<PathBuf> = if place.counter.is_some() {
-            chain
-                .layers()
-                .iter()
-                .flat_map(|l| std::iter::once(&l.path).chain(l.data_file.as_ref()))
-                .cloned()
-                .collect()
+            disks::chain_files(&chain)
         } else {
             Vec::new()
         };
@@ -576,6 +571,7 @@ impl VirtSnapFs {
             ino,
             kind: node_kind(a.kind),
             volatile: live,
+            checked_each_read: false,
             size: a.size,
             allocated: a.blocks.saturating_mul(512),
             perm: a.perm & 0o7777,

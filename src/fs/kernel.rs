@@ -44,7 +44,9 @@ impl VirtSnapFs {
     /// running, libvirt's changes reach the kernel as invalidations, so only volatile nodes
     /// need the short refresh interval.
     pub fn ttl(&self, attr: &Attr) -> Duration {
-        if attr.volatile || !self.refresher_running.load(Ordering::Relaxed) {
+        if attr.checked_each_read {
+            Duration::ZERO
+        } else if attr.volatile || !self.refresher_running.load(Ordering::Relaxed) {
             self.options.refresh
         } else {
             LONG_TTL

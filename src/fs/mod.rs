@@ -93,6 +93,10 @@ pub struct Options {
     pub refresh: Duration,
     pub cache_bytes: usize,
     pub ops: OpsOptions,
+    /// Open and close reach the daemon, so every open of a live file sees the disk as it is
+    /// at that open (close-to-open freshness) and a write open is refused at once. Off by
+    /// default: the kernel then skips both round trips (see [`VirtSnapFs::skips_opens`]).
+    pub close_to_open: bool,
 }
 
 impl Default for Options {
@@ -104,6 +108,7 @@ impl Default for Options {
             refresh: Duration::from_secs(1),
             cache_bytes: crate::cache::DEFAULT_CACHE_BYTES,
             ops: OpsOptions::default(),
+            close_to_open: false,
         }
     }
 }
@@ -118,6 +123,8 @@ pub struct VirtSnapFs {
     /// One flag per snapshot that has open handles, cleared while the snapshot is deleted.
     readable: Mutex<HashMap<(String, String), Readable>>,
     next_fh: AtomicU64,
+    /// Handles the daemon opened itself, by inode, for reads that come without one.
+    implicit: Mutex<LruCache<u64, disks::ImplicitHandle>>,
     chains: Mutex<LruCache<ChainKey, ChainEntry>>,
     /// (size, allocated bytes) of snapshot disks, so `ls -l` of many snapshots opens nothing.
     disk_attrs: Mutex<LruCache<(ChainKey, ChainSpec), (u64, u64)>>,
@@ -155,6 +162,9 @@ impl VirtSnapFs {
             handles: Mutex::new(HashMap::new()),
             readable: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            implicit: Mutex::new(LruCache::new(
+                NonZeroUsize::new(disks::IMPLICIT_HANDLES).expect("nonzero"),
+            )),
             chains: Mutex::new(LruCache::new(
                 NonZeroUsize::new(OPEN_CHAINS).expect("nonzero"),
             )),

@@ -68,15 +68,7 @@ impl VirtSnapFs {
         }
     }
 
-    /// A disk's (size, allocated bytes). A chain that cannot be opened shows as an empty file
-    /// (the error is logged, and open() reports it as EIO), so `ls` of the rest keeps working.
-    pub(super) fn disk_sizes(chain: &Result<Arc<Chain>, FsError>) -> (u64, u64) {
-        match chain {
-            Ok(c) => Self::chain_sizes(c),
-            Err(_) => (0, 0),
-        }
-    }
-
+    /// A disk's (size, allocated bytes).
     pub(super) fn chain_sizes(chain: &Chain) -> (u64, u64) {
         (
             chain.size(),
@@ -136,7 +128,10 @@ impl VirtSnapFs {
                 known.put(remembered.clone(), *sizes);
             }
         }
-        Ok(found[0].as_ref().copied().unwrap_or((0, 0)))
+        match &found[0] {
+            Ok(sizes) => Ok(*sizes),
+            Err(e) => Err(fs_err!(Io, "{}", e.message)),
+        }
     }
 
     /// A disk's attributes.
@@ -206,15 +201,18 @@ impl VirtSnapFs {
                 let m = self.domain(d)?;
                 let disk = self.live_disk(&m, t)?;
                 let label = format!("domain {d} live disk {t}");
+                // A disk that cannot be read fails stat too: the kernel opens files without
+                // asking (see `skips_opens`), so an empty file would read as empty.
                 let chain = self.chain(
                     ChainKey::Live(d.clone(), t.clone()),
                     &disk.chain,
                     Some(self.options.refresh),
                     &label,
-                );
+                )?;
                 let mtime = Self::file_mtime(&disk.chain.top.path);
-                let mut a = self.disk_attr(ino, Self::disk_sizes(&chain), mtime);
+                let mut a = self.disk_attr(ino, Self::chain_sizes(&chain), mtime);
                 a.volatile = true;
+                a.checked_each_read = true;
                 Ok(a)
             }
             NodeKey::SnapshotDisk(d, s, t) => {
@@ -379,11 +377,20 @@ impl VirtSnapFs {
     /// forgotten here too, so walking a large guest tree does not grow the daemon for good.
     pub fn forget(&self, ino: u64, count: u64) {
         self.inodes.forget(ino, count);
+        if self.inodes.key(ino).is_none() {
+            self.drop_implicit(ino);
+        }
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
-        let key = self.key(ino)?;
-        self.attr_of(&key)
+        match self.key(ino).and_then(|key| self.attr_of(&key)) {
+            // A file still open on a deleted snapshot: the kernel refreshes its attributes
+            // before each read, and the answer is the read's (EIO, saying why).
+            Err(e) if e.kind == crate::error::ErrorKind::NotFound => {
+                Err(self.kept_handle_error(ino).unwrap_or(e))
+            }
+            result => result,
+        }
     }
 
     pub fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
