@@ -523,11 +523,10 @@ impl VirtSnapFs {
             // A deleted snapshot's nodes are gone: a handle kept from before answers (EIO,
             // saying why) rather than "no such inode".
             Err(e) => {
-                let kept = self.implicit.lock().peek(&ino).map(|h| (h.fh, h.counter));
-                return match kept {
-                    Some((fh, counter)) if self.handle(fh).is_err() => Ok((fh, counter)),
-                    _ => Err(e),
-                };
+                return match self.kept_unreadable(ino) {
+                    Some((fh, _)) => Ok((fh, 0)),
+                    None => Err(e),
+                }
             }
         };
         let counter = self.counter_of(&key);
@@ -553,9 +552,9 @@ impl VirtSnapFs {
             // A snapshot deleted since its handle was opened: the old handle answers the
             // reads (EIO, saying why) rather than the lookup's "no such snapshot".
             Err(e) => {
-                return match stale {
-                    Some(fh) if self.handle(fh).is_err() => Ok((fh, counter)),
-                    _ => Err(e),
+                return match self.kept_unreadable(ino) {
+                    Some((fh, _)) => Ok((fh, counter)),
+                    None => Err(e),
                 }
             }
         };
@@ -590,8 +589,15 @@ impl VirtSnapFs {
     /// Why the implicit handle kept for `ino` may no longer read (its snapshot is being
     /// deleted or was deleted), if it may not.
     pub(super) fn kept_handle_error(&self, ino: u64) -> Option<FsError> {
+        self.kept_unreadable(ino).map(|(_, e)| e)
+    }
+
+    /// The implicit handle kept for `ino` and why it may no longer read, if it may not. The
+    /// one place that decides when a kept handle, not a fresh lookup, answers for an inode
+    /// (its key gone, its reopen failing, or its attributes asked for).
+    fn kept_unreadable(&self, ino: u64) -> Option<(u64, FsError)> {
         let fh = self.implicit.lock().peek(&ino)?.fh;
-        self.handle(fh).err()
+        self.handle(fh).err().map(|e| (fh, e))
     }
 
     /// Releases the implicit handle of an inode the kernel no longer holds.
