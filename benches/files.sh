@@ -305,12 +305,15 @@ run() { # find|tar dir side
   fi
 }
 # A cold turn of one side: nothing of the tree in any cache. virtsnapfs is mounted afresh (so
-# its own caches are empty too), also under (a), whose loop device reads our vda.raw.
+# its own caches are empty too), also under (a), whose loop device reads our vda.raw. Each
+# side's filesystem is opened before the caches are dropped, as a mount opens the kernel's:
+# for ours, files/VOL is entered (what that costs is the first-byte row).
 cold() { # find|tar ours|a|b
   local pid dev r
   case "$2" in
     ours)
       pid=$(mount_vsfs "$FRESH")
+      stat "$FRESH/$D/$VIEW/files/$VOL" > /dev/null
       drop_caches
       r=$(run "$1" "$FRESH/$D/$VIEW/files/$VOL" ours)
       unmount_vsfs "$FRESH" "$pid" ;;

@@ -10,12 +10,13 @@ now() { date +%s.%N; }
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
-# The binary: VIRTSNAPFS_BIN, or a release build of this checkout.
+# The binary: VIRTSNAPFS_BIN, or a release build of this checkout (where cargo puts it: a
+# CARGO_TARGET_DIR set elsewhere would otherwise leave an older build measured).
 if [ -n "${VIRTSNAPFS_BIN:-}" ]; then
   BIN=$VIRTSNAPFS_BIN
 else
   cargo build --release --quiet
-  BIN=$PWD/target/release/virtsnapfs
+  BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/virtsnapfs
 fi
 
 # One row of the results table, with its ratio to the goal; `print_results` prints them all.

@@ -28,7 +28,7 @@ if [ -z "${VIRTSNAPFS_BIN:-}" ]; then
   echo "demo: building virtsnapfs (release)" >&2
   cargo build --release --quiet
 fi
-install -m 0755 "${VIRTSNAPFS_BIN:-target/release/virtsnapfs}" /usr/local/bin/virtsnapfs
+install -m 0755 "${VIRTSNAPFS_BIN:-${CARGO_TARGET_DIR:-target}/release/virtsnapfs}" /usr/local/bin/virtsnapfs
 
 virsh() { command virsh -q -c "$URI" "$@"; }
 
