@@ -16,7 +16,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::guest::{cache, corrupt, open_volumes, partitioned_disk, patch, sh};
+use common::guest::{
+    cache, corrupt, exercise_everything, open_volumes, partitioned_disk, patch, sh, OneByteChanged,
+};
 use fat_helpers::*;
 use virtsnapfs::cache::MetadataCache;
 use virtsnapfs::guest::fat::boot::Geometry;
@@ -620,60 +622,16 @@ fn hostile_truncated_image() {
     }
 }
 
-/// An image with one byte changed, read without copying the image.
-struct OneByteChanged {
-    image: Arc<Vec<u8>>,
-    at: usize,
-    value: u8,
-}
-
-impl ByteSource for OneByteChanged {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        buf.fill(0);
-        let start = (offset as usize).min(self.image.len());
-        let end = (start + buf.len()).min(self.image.len());
-        buf[..end - start].copy_from_slice(&self.image[start..end]);
-        if (start..end).contains(&self.at) {
-            buf[self.at - start] = self.value;
-        }
-        Ok(())
-    }
-    fn byte_len(&self) -> std::io::Result<u64> {
-        Ok(self.image.len() as u64)
-    }
-}
-
-/// What `guest::fuzz_one_disk` does (volumes found and opened, a bounded walk, every file
-/// read at its start and end, lookups), over a source instead of a copied buffer.
+/// What `guest::fuzz_one_disk` does (volumes found and opened, and everything in each
+/// exercised), over a source instead of a copied buffer.
 fn read_everything(disk: Arc<dyn ByteSource>) {
     let Ok(volumes) = guest::find_volumes(disk, "vda") else {
         return;
     };
     let cache = Arc::new(MetadataCache::new(256 << 10));
     for v in volumes {
-        let Ok(Some(fs)) = guest::open_filesystem(v.source, cache.clone()) else {
-            continue;
-        };
-        let limits = guest::WalkLimits {
-            max_depth: 16,
-            max_entries: 512,
-        };
-        let mut seen = Vec::new();
-        let _ = guest::walk(fs.as_ref(), limits, &mut |_, a| seen.push(a.clone()));
-        let mut buf = vec![0u8; 8192];
-        for a in &seen {
-            let _ = fs.xattrs(a.ino);
-            match a.kind {
-                FileKind::File => {
-                    let _ = fs.read(a.ino, 0, &mut buf);
-                    let _ = fs.read(a.ino, a.size.saturating_sub(100), &mut buf);
-                    let _ = fs.next_data(a.ino, 0);
-                }
-                _ => {
-                    let _ = fs.lookup(a.ino, b"A");
-                    let _ = fs.read_link(a.ino);
-                }
-            }
+        if let Ok(Some(fs)) = guest::open_filesystem(v.source, cache.clone()) {
+            exercise_everything(fs.as_ref(), &[b"A"]);
         }
     }
 }

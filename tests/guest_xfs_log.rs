@@ -58,7 +58,7 @@ fn churn(m: &Path, tree: &Path) {
         .unwrap();
     use std::os::unix::fs::FileExt;
     for i in 0..200u64 {
-        f.write_all_at(&pattern(4096, i as u8), i * 16384).unwrap();
+        f.write_all_at(&pattern(4096, i as u32), i * 16384).unwrap();
     }
     drop(f);
     setfattr(&m.join("hello-renamed"), "user.colour", "blue");
@@ -161,7 +161,7 @@ fn wrap_churn(m: &Path, rounds: usize) {
         let d = m.join(format!("round-{round}"));
         fs::create_dir(&d).unwrap();
         for i in 0..400 {
-            fs::write(d.join(format!("f{i}")), pattern(100 + i, round as u8)).unwrap();
+            fs::write(d.join(format!("f{i}")), pattern(100 + i, round as u32)).unwrap();
         }
         for i in (0..400).filter(|i| i % 4 != 0) {
             fs::remove_file(d.join(format!("f{i}"))).unwrap();
@@ -185,9 +185,11 @@ fn wrapped_small_log_matches_the_kernel() {
     );
     let mut attempt = 0;
     let r = loop {
-        // More churn after the sync, still in the log, until the log has wrapped.
+        // More churn after the sync, still in the log, until the log has wrapped. How much
+        // log a round writes depends on how the kernel batches its commits, which a loaded
+        // host changes: up to eight more rounds.
         let r = our_recovery(&img);
-        if r.stats.head.0 >= 2 || attempt == 3 {
+        if r.stats.head.0 >= 2 || attempt == 8 {
             break r;
         }
         attempt += 1;
@@ -336,7 +338,7 @@ fn many_checkpoints_match_the_kernel() {
         |m| {
             for i in 0..300 {
                 let f = m.join("d").join(format!("file-{i}"));
-                fs::write(&f, pattern(3000 + i * 7, i as u8)).unwrap();
+                fs::write(&f, pattern(3000 + i * 7, i as u32)).unwrap();
                 if i % 5 == 0 {
                     fs::rename(&f, m.join(format!("moved-{i}"))).unwrap();
                 }

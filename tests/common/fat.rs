@@ -44,17 +44,7 @@ pub fn mimg(img: &Path, offset: u64) -> String {
     }
 }
 
-pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
+pub use crate::common::guest::pattern;
 
 /// Builds the source tree under `root` (must not exist). `big_dir` entries go in `big/`.
 pub fn fat_tree(root: &Path, big_dir: usize) {

@@ -38,8 +38,10 @@ fn write_at(path: &Path, offset: u64, data: &[u8]) {
     f.write_all_at(data, offset).unwrap();
 }
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    let mut x = u32::from(seed).wrapping_mul(2_654_435_761).wrapping_add(1);
+/// `len` pseudo-random bytes (xorshift), the same for the same seed: file contents that
+/// no two places in a test image share by chance.
+pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -83,7 +85,7 @@ pub fn build_tree(root: &Path, opts: TreeOptions) {
     // Fragmented: 300 runs of 4 KiB, one every 12 KiB, so the extent tree needs index blocks.
     let frag = r("fragmented");
     for i in 0..300u64 {
-        write_at(&frag, i * 12288, &pattern(4096, (i % 250) as u8));
+        write_at(&frag, i * 12288, &pattern(4096, (i % 250) as u32));
     }
     if opts.big_sparse {
         let big = r("sparse-1.5g");
@@ -829,4 +831,58 @@ pub fn patch(img: &Path, at: u64, bytes: &[u8]) {
     use std::os::unix::fs::FileExt;
     let f = fs::OpenOptions::new().write(true).open(img).unwrap();
     f.write_all_at(bytes, at).unwrap();
+}
+
+/// An image with one byte changed, read without copying the image (the corruption sweeps of
+/// the guest formats).
+pub struct OneByteChanged {
+    pub image: Arc<Vec<u8>>,
+    pub at: usize,
+    pub value: u8,
+}
+
+impl ByteSource for OneByteChanged {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        buf.fill(0);
+        let start = (offset as usize).min(self.image.len());
+        let end = (start + buf.len()).min(self.image.len());
+        buf[..end - start].copy_from_slice(&self.image[start..end]);
+        if (start..end).contains(&self.at) {
+            buf[self.at - start] = self.value;
+        }
+        Ok(())
+    }
+    fn byte_len(&self) -> std::io::Result<u64> {
+        Ok(self.image.len() as u64)
+    }
+}
+
+/// What the fuzz targets do with an opened filesystem: a bounded walk, then for every entry
+/// its extended attributes; for files a read at the start and near the end and the data
+/// map; for symlinks (and, as an error path, anything else not a file) the target; for
+/// directories a lookup of each of `names`. Errors are expected: only a panic, a hang or a
+/// huge allocation is a failure.
+pub fn exercise_everything(fs: &dyn GuestFs, names: &[&[u8]]) {
+    let limits = WalkLimits {
+        max_depth: 16,
+        max_entries: 512,
+    };
+    let mut seen = Vec::new();
+    let _ = guest::walk(fs, limits, &mut |_, a| seen.push(a.clone()));
+    let mut buf = vec![0u8; 8192];
+    for a in &seen {
+        let _ = fs.xattrs(a.ino);
+        if a.kind == FileKind::File {
+            let _ = fs.read(a.ino, 0, &mut buf);
+            let _ = fs.read(a.ino, a.size.saturating_sub(100), &mut buf);
+            let _ = fs.next_data(a.ino, 0);
+            continue;
+        }
+        let _ = fs.read_link(a.ino);
+        if a.kind == FileKind::Directory {
+            for name in names {
+                let _ = fs.lookup(a.ino, name);
+            }
+        }
+    }
 }

@@ -16,17 +16,7 @@ fn p(path: &Path) -> &str {
     path.to_str().expect("test paths are UTF-8")
 }
 
-pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
+pub use crate::common::guest::pattern;
 
 /// An ntfs-3g mount of an image, unmounted on drop.
 pub struct NtfsMount {

@@ -159,13 +159,6 @@ pub fn our_view(dirty: &Path, scratch: &Path, r: &Recovery) -> Manifest {
     kernel_manifest(m.path())
 }
 
-/// Deterministic bytes.
-pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 9) as u8))
-        .collect()
-}
-
 pub fn scratch_file(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
