@@ -30,6 +30,9 @@ pub enum ErrorKind {
     Busy,
     /// libvirt or virtsnapfs cannot do this for this shape of snapshot.
     Unsupported,
+    /// A node of a state that is gone (a `live/files/` node looked up before a revert): the
+    /// kernel looks a path up again on ESTALE, so only a file held open sees it.
+    Stale,
 }
 
 impl ErrorKind {
@@ -47,6 +50,7 @@ impl ErrorKind {
             ErrorKind::Exists => libc::EEXIST,
             ErrorKind::Busy => libc::EBUSY,
             ErrorKind::Unsupported => libc::EOPNOTSUPP,
+            ErrorKind::Stale => libc::ESTALE,
         }
     }
 
@@ -55,9 +59,10 @@ impl ErrorKind {
     pub fn log_level(self) -> log::Level {
         match self {
             ErrorKind::NotFound | ErrorKind::NoSuchOffset => log::Level::Debug,
-            ErrorKind::NotADirectory | ErrorKind::IsADirectory | ErrorKind::BadHandle => {
-                log::Level::Info
-            }
+            ErrorKind::NotADirectory
+            | ErrorKind::IsADirectory
+            | ErrorKind::BadHandle
+            | ErrorKind::Stale => log::Level::Info,
             ErrorKind::ReadOnly
             | ErrorKind::NotPermitted
             | ErrorKind::InvalidArgument

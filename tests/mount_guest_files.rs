@@ -19,6 +19,7 @@ mod xfs_helpers;
 mod xfs_log;
 
 use std::fs;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -314,8 +315,60 @@ fn files_of_snapshots_and_live_match_the_kernels_view() {
     eprintln!("tar: {} bytes equal", ours_tar.len());
     drop(kernel);
 
+    // A file held open in live/files/ across the revert fails its reads from then on with
+    // ESTALE: its inode number may be another file's, or none, in the reverted state. Paths
+    // looked up again show the reverted state at once (below), whatever the kernel cached.
+    let find = Command::new("find")
+        .args([
+            s(&d("live/files/vda")),
+            "-type",
+            "f",
+            "-size",
+            "+0",
+            "-print",
+            "-quit",
+        ])
+        .output()
+        .unwrap();
+    let held_path = PathBuf::from(String::from_utf8(find.stdout).unwrap().trim_end());
+    let held = fs::File::open(&held_path).unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        held.read_at(&mut byte, 0).unwrap(),
+        1,
+        "{}",
+        held_path.display()
+    );
+    // The same through a mount whose opens reach the daemon (its handle, not the kernel's).
+    let strict = Mount::new(&["close_to_open"]);
+    let rel = held_path.strip_prefix(mount.root()).unwrap();
+    let held_strict = fs::File::open(strict.root().join(rel)).unwrap();
+    assert_eq!(held_strict.read_at(&mut byte, 0).unwrap(), 1);
+
     // A revert: live/files then shows the reverted state.
     sh("mv", &[s(&d("snapshots/s1")), s(&d("live/"))]);
+    let err = held.read_at(&mut byte, 0).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::ESTALE),
+        "{}: {err}",
+        held_path.display()
+    );
+    drop(held);
+    // The strict mount's daemon learns of the revert from libvirt, within its refresh.
+    eventually(
+        10,
+        "a held file on the close_to_open mount fails with ESTALE",
+        || match held_strict.read_at(&mut byte, 0) {
+            Ok(_) => false,
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::ESTALE), "{e}");
+                true
+            }
+        },
+    );
+    drop(held_strict);
+    drop(strict);
     let s1_kernel = LoopMount::new(&disks.whole, 0, whole_len);
     let (want, _) = tool_manifest(s1_kernel.path());
     eventually(10, "live/files/vda shows the reverted state", || {

@@ -228,13 +228,12 @@ impl VirtSnapFs {
                     "the current symlink cannot be opened"
                 ))
             }
-            NodeKey::Guest(d, s, v, i) => self.guest_open((d, s, v, *i))?,
+            NodeKey::Guest(d, s, v, i, e) => self.guest_open((d, s, v, *i, *e))?,
             other => return Err(fs_err!(IsADirectory, "{other:?} is a directory")),
         };
         let readable = match &key {
-            NodeKey::SnapshotDisk(d, s, _) | NodeKey::Guest(d, Some(s), _, _) => {
-                Some(self.snapshot_readable(d, s))
-            }
+            NodeKey::SnapshotDisk(d, s, _) => Some(self.snapshot_readable(d, s)),
+            NodeKey::Guest(d, Some(s), ..) => Some(self.snapshot_readable(d, s)),
             _ => None,
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -535,7 +534,7 @@ impl VirtSnapFs {
             NodeKey::DomainXml(_)
                 | NodeKey::Status(_)
                 | NodeKey::LiveDisk(..)
-                | NodeKey::Guest(_, None, _, _)
+                | NodeKey::Guest(_, None, ..)
         );
         let fresh = |h: &ImplicitHandle| {
             h.counter == counter

@@ -237,6 +237,11 @@ impl Place {
         stamp.chain == disk.chain && stamp.version == self.version()
     }
 
+    /// The epoch of the guest nodes looked up here now (see [`NodeKey::Guest`]).
+    fn epoch(&self) -> u64 {
+        self.counter.unwrap_or(0)
+    }
+
     fn disk_key(&self, target: &str) -> DiskKey {
         DiskKey {
             domain: self.domain.clone(),
@@ -543,10 +548,11 @@ impl VirtSnapFs {
                     .map_or_else(|| self.view(&place, volume).map(|v| v.fs.root()), Ok)?;
                 out.push((
                     NodeKey::Guest(
-                        domain.to_string(),
-                        snapshot.map(str::to_string),
-                        volume.clone(),
+                        domain.into(),
+                        snapshot.map(Arc::from),
+                        volume.as_str().into(),
                         root,
+                        place.epoch(),
                     ),
                     volume.clone(),
                 ));
@@ -555,13 +561,26 @@ impl VirtSnapFs {
         Ok(out)
     }
 
+    /// The place and opened filesystem of a guest node of `epoch` (see [`NodeKey::Guest`]).
+    /// A `live/` node looked up before the domain's disks last changed is gone: ESTALE, on
+    /// which the kernel walks a path again from the top (its cached entries below `files/`
+    /// may still name old nodes until the invalidation sent after the change arrives), so
+    /// that only a file or directory held open across the change fails.
     fn guest_place_view(
         &self,
         domain: &str,
-        snapshot: &Option<String>,
+        snapshot: &Option<Arc<str>>,
         volume: &str,
+        epoch: u64,
     ) -> Result<(Place, Arc<View>), FsError> {
         let place = self.place(domain, snapshot.as_deref())?;
+        if place.epoch() != epoch {
+            return Err(fs_err!(
+                Stale,
+                "{} volume {volume}: a file or directory looked up before the live disks changed (a snapshot operation, or libvirt changed the domain); open it again",
+                place.label()
+            ));
+        }
         let view = self.view(&place, volume)?;
         Ok((place, view))
     }
@@ -597,9 +616,9 @@ impl VirtSnapFs {
     pub(super) fn guest_getattr(
         &self,
         ino: u64,
-        (domain, snapshot, volume, guest_ino): (&str, &Option<String>, &str, u64),
+        (domain, snapshot, volume, guest_ino, epoch): (&str, &Option<Arc<str>>, &str, u64, u64),
     ) -> Result<Attr, FsError> {
-        let (_, view) = self.guest_place_view(domain, snapshot, volume)?;
+        let (_, view) = self.guest_place_view(domain, snapshot, volume, epoch)?;
         let a = view
             .fs
             .attr(guest_ino)
@@ -609,10 +628,10 @@ impl VirtSnapFs {
 
     pub(super) fn guest_lookup(
         &self,
-        (domain, snapshot, volume, dir): (&str, &Option<String>, &str, u64),
+        (domain, snapshot, volume, dir, epoch): (&Arc<str>, &Option<Arc<str>>, &Arc<str>, u64, u64),
         name: &[u8],
     ) -> Result<Attr, FsError> {
-        let (_, view) = self.guest_place_view(domain, snapshot, volume)?;
+        let (_, view) = self.guest_place_view(domain, snapshot, volume, epoch)?;
         let what = || format!("{} in directory inode {dir}", shown(name));
         let child = view
             .fs
@@ -627,10 +646,11 @@ impl VirtSnapFs {
             view.check_parent(child, dir)?;
         }
         let key = NodeKey::Guest(
-            domain.to_string(),
+            domain.clone(),
             snapshot.clone(),
-            volume.to_string(),
+            volume.clone(),
             child,
+            epoch,
         );
         Ok(self.to_attr(self.inodes.ino(&key), &view, &a, snapshot.is_none()))
     }
@@ -638,16 +658,16 @@ impl VirtSnapFs {
     /// A guest directory's parent node: `files/` for a volume's root, else the directory it
     /// was first looked up in (itself if that is not known).
     pub(super) fn guest_parent(&self, key: &NodeKey) -> NodeKey {
-        let NodeKey::Guest(d, s, v, i) = key else {
+        let NodeKey::Guest(d, s, v, i, e) = key else {
             return key.clone();
         };
-        let Ok((_, view)) = self.guest_place_view(d, s, v) else {
+        let Ok((_, view)) = self.guest_place_view(d, s, v, *e) else {
             return key.clone();
         };
         let parent = view.parents.lock().get(i).copied();
         match parent {
-            Some(0) => NodeKey::Files(d.clone(), s.clone()),
-            Some(p) => NodeKey::Guest(d.clone(), s.clone(), v.clone(), p),
+            Some(0) => NodeKey::Files(d.to_string(), s.as_deref().map(str::to_string)),
+            Some(p) => NodeKey::Guest(d.clone(), s.clone(), v.clone(), p, *e),
             None => key.clone(),
         }
     }
@@ -660,7 +680,7 @@ impl VirtSnapFs {
         key: &NodeKey,
         offset: u64,
     ) -> Result<Arc<Vec<DirEntry>>, FsError> {
-        let NodeKey::Guest(domain, snapshot, volume, dir) = key else {
+        let NodeKey::Guest(domain, snapshot, volume, dir, epoch) = key else {
             return Err(fs_err!(NotADirectory, "{key:?} is not a guest directory"));
         };
         if offset > 0 {
@@ -668,11 +688,12 @@ impl VirtSnapFs {
                 return Ok(listing);
             }
         }
-        let (_, view) = self.guest_place_view(domain, snapshot, volume)?;
+        let (_, view) = self.guest_place_view(domain, snapshot, volume, *epoch)?;
         let entries = view
             .fs
             .read_dir(*dir)
             .map_err(|e| guest_error(&view.label, &format!("directory inode {dir}"), e))?;
+        guest::readahead::read_ahead(&view.fs, &entries);
         let parent = self.inodes.ino(&self.guest_parent(key));
         let mut out = Vec::with_capacity(entries.len() + 2);
         out.push(DirEntry {
@@ -686,7 +707,13 @@ impl VirtSnapFs {
             name: "..".into(),
         });
         for e in entries {
-            let child = NodeKey::Guest(domain.clone(), snapshot.clone(), volume.clone(), e.ino);
+            let child = NodeKey::Guest(
+                domain.clone(),
+                snapshot.clone(),
+                volume.clone(),
+                e.ino,
+                *epoch,
+            );
             out.push(DirEntry {
                 ino: self.inodes.ino(&child),
                 kind: node_kind(e.kind),
@@ -700,9 +727,9 @@ impl VirtSnapFs {
 
     pub(super) fn guest_readlink(
         &self,
-        (domain, snapshot, volume, guest_ino): (&str, &Option<String>, &str, u64),
+        (domain, snapshot, volume, guest_ino, epoch): (&str, &Option<Arc<str>>, &str, u64, u64),
     ) -> Result<OsString, FsError> {
-        let (_, view) = self.guest_place_view(domain, snapshot, volume)?;
+        let (_, view) = self.guest_place_view(domain, snapshot, volume, epoch)?;
         let target = view
             .fs
             .read_link(guest_ino)
@@ -715,9 +742,9 @@ impl VirtSnapFs {
     /// any request that still arrives).
     pub(super) fn guest_open(
         &self,
-        (domain, snapshot, volume, guest_ino): (&str, &Option<String>, &str, u64),
+        (domain, snapshot, volume, guest_ino, epoch): (&str, &Option<Arc<str>>, &str, u64, u64),
     ) -> Result<(Handle, bool), FsError> {
-        let (place, view) = self.guest_place_view(domain, snapshot, volume)?;
+        let (place, view) = self.guest_place_view(domain, snapshot, volume, epoch)?;
         let a = view
             .fs
             .attr(guest_ino)
@@ -774,6 +801,9 @@ impl VirtSnapFs {
             .map_err(|e| guest_error(&view.label, &format!("inode {ino}: read at {offset}"), e))
     }
 
+    /// A handle on a `live/` guest file fails once the domain's change counter moved: the
+    /// same condition, and the same ESTALE, as a node of an earlier epoch (see
+    /// `guest_place_view`), whether the kernel or the daemon opened the file.
     fn check_live(
         view: &View,
         ino: u64,
@@ -782,7 +812,7 @@ impl VirtSnapFs {
         if let Some((changes, at)) = live {
             if changes.load(Ordering::Acquire) != *at {
                 return Err(fs_err!(
-                    Io,
+                    Stale,
                     "{}: inode {ino}: the live disk changed since the file was opened (a snapshot operation, or libvirt changed the domain); open it again",
                     view.label
                 ));
@@ -822,10 +852,10 @@ impl VirtSnapFs {
     }
 
     fn guest_xattrs(&self, ino: u64) -> Result<Option<Vec<guest::Xattr>>, FsError> {
-        let NodeKey::Guest(d, s, v, i) = self.key(ino)? else {
+        let NodeKey::Guest(d, s, v, i, e) = self.key(ino)? else {
             return Ok(None);
         };
-        let (_, view) = self.guest_place_view(&d, &s, &v)?;
+        let (_, view) = self.guest_place_view(&d, &s, &v, e)?;
         let list = view
             .fs
             .xattrs(i)

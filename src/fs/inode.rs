@@ -9,6 +9,7 @@
 //! dropped; a later lookup gives it a new number. The mount's own nodes are few and kept.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
@@ -35,8 +36,14 @@ pub enum NodeKey {
     Files(String, Option<String>),
     /// An inode of a guest filesystem: (domain, snapshot or None for `live/`, volume such as
     /// `vda1`, the guest's inode number). Keyed on the guest's number, so every name of a
-    /// hard-linked file has one st_ino; the volume's root directory is its root inode.
-    Guest(String, Option<String>, String, u64),
+    /// hard-linked file has one st_ino; the volume's root directory is its root inode. The
+    /// names are shared (`Arc`): a listing makes one key per entry, and copying three
+    /// strings for each of them was most of a cold walk's time in the daemon. The last field
+    /// is the node's epoch: for `live/`, the domain's change counter when it was looked up
+    /// (0 for a snapshot), so that after a revert the same guest inode number is another
+    /// node, and a file held open across it fails instead of reading whatever file now has
+    /// that number.
+    Guest(Arc<str>, Option<Arc<str>>, Arc<str>, u64, u64),
 }
 
 impl NodeKey {
@@ -53,8 +60,8 @@ impl NodeKey {
             | NodeKey::Snapshot(d, _)
             | NodeKey::SnapshotXml(d, _)
             | NodeKey::SnapshotDisk(d, _, _)
-            | NodeKey::Files(d, _)
-            | NodeKey::Guest(d, _, _, _) => Some(d),
+            | NodeKey::Files(d, _) => Some(d),
+            NodeKey::Guest(d, ..) => Some(d),
         }
     }
 }
@@ -63,9 +70,14 @@ pub struct InodeTable {
     inner: Mutex<Inner>,
 }
 
+/// The tables hash with foldhash (seeded per process, as the `lru` caches already hash):
+/// a cold listing of a large guest directory assigns a number to every entry, and SipHash
+/// over each key's names was a tenth of a cold walk's time in the daemon.
+type Table<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 struct Inner {
-    by_key: HashMap<NodeKey, u64>,
-    by_ino: HashMap<u64, Node>,
+    by_key: Table<NodeKey, u64>,
+    by_ino: Table<u64, Node>,
     /// The number the next new node gets.
     next: u64,
 }
@@ -78,7 +90,7 @@ struct Node {
 
 impl InodeTable {
     pub fn new() -> InodeTable {
-        let mut by_key = HashMap::new();
+        let mut by_key = Table::default();
         by_key.insert(NodeKey::Root, ROOT_INO);
         let root = Node {
             key: NodeKey::Root,
@@ -87,7 +99,7 @@ impl InodeTable {
         InodeTable {
             inner: Mutex::new(Inner {
                 by_key,
-                by_ino: HashMap::from([(ROOT_INO, root)]),
+                by_ino: Table::from_iter([(ROOT_INO, root)]),
                 next: ROOT_INO + 1,
             }),
         }
@@ -179,8 +191,8 @@ impl InodeTable {
                 NodeKey::Files(d, Some(s)) if d == domain && s == old => {
                     NodeKey::Files(d.clone(), Some(new.to_string()))
                 }
-                NodeKey::Guest(d, Some(s), v, i) if d == domain && s == old => {
-                    NodeKey::Guest(d.clone(), Some(new.to_string()), v.clone(), *i)
+                NodeKey::Guest(d, Some(s), v, i, e) if **d == *domain && **s == *old => {
+                    NodeKey::Guest(d.clone(), Some(new.into()), v.clone(), *i, *e)
                 }
                 _ => continue,
             };
@@ -208,7 +220,7 @@ mod tests {
     #[test]
     fn guest_nodes_are_dropped_when_the_kernel_forgets_them_and_never_renumbered() {
         let t = InodeTable::new();
-        let guest = NodeKey::Guest("d".into(), Some("s".into()), "vda1".into(), 12);
+        let guest = NodeKey::Guest("d".into(), Some("s".into()), "vda1".into(), 12, 0);
         let snap = t.ino(&NodeKey::Snapshot("d".into(), "s".into()));
         let g = t.ino(&guest);
         t.looked_up(g);
@@ -254,8 +266,9 @@ mod tests {
             Some("a".into()),
             "vda1".into(),
             12,
+            0,
         ));
-        let live = t.ino(&NodeKey::Guest("d".into(), None, "vda1".into(), 12));
+        let live = t.ino(&NodeKey::Guest("d".into(), None, "vda1".into(), 12, 2));
         t.rename_snapshot("d", "a", "b");
         assert_eq!(t.ino(&NodeKey::Files("d".into(), Some("b".into()))), files);
         assert_eq!(
@@ -263,12 +276,13 @@ mod tests {
                 "d".into(),
                 Some("b".into()),
                 "vda1".into(),
-                12
+                12,
+                0
             )),
             guest
         );
         assert_eq!(
-            t.ino(&NodeKey::Guest("d".into(), None, "vda1".into(), 12)),
+            t.ino(&NodeKey::Guest("d".into(), None, "vda1".into(), 12, 2)),
             live
         );
         assert_eq!(t.ino(&NodeKey::Snapshot("d".into(), "b".into())), dir);

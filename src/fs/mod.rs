@@ -212,10 +212,10 @@ impl VirtSnapFs {
             NodeKey::SnapshotDisk(d, s, t) => format!("domain {d} snapshot {s} disk {t}"),
             NodeKey::Files(d, None) => format!("domain {d} {LIVE_DIR}/{FILES_DIR}/"),
             NodeKey::Files(d, Some(s)) => format!("domain {d} snapshot {s} {FILES_DIR}/"),
-            NodeKey::Guest(d, None, v, i) => {
+            NodeKey::Guest(d, None, v, i, _) => {
                 format!("domain {d} {LIVE_DIR} volume {v} guest inode {i}")
             }
-            NodeKey::Guest(d, Some(s), v, i) => {
+            NodeKey::Guest(d, Some(s), v, i, _) => {
                 format!("domain {d} snapshot {s} volume {v} guest inode {i}")
             }
         }

@@ -222,7 +222,7 @@ impl VirtSnapFs {
                 Ok(self.disk_attr(ino, sizes, unix_time(created)))
             }
             NodeKey::Files(d, s) => self.files_attr(ino, d, s.as_deref()),
-            NodeKey::Guest(d, s, v, i) => self.guest_getattr(ino, (d, s, v, *i)),
+            NodeKey::Guest(d, s, v, i, e) => self.guest_getattr(ino, (d, s, v, *i, *e)),
         }
     }
 
@@ -353,8 +353,8 @@ impl VirtSnapFs {
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
         self.kernel_cache.read().clone().settle(SETTLE_LIMIT);
         let parent_key = self.key(parent)?;
-        if let NodeKey::Guest(d, s, v, i) = &parent_key {
-            return self.guest_lookup((d, s, v, *i), name.as_bytes());
+        if let NodeKey::Guest(d, s, v, i, e) = &parent_key {
+            return self.guest_lookup((d, s, v, *i, *e), name.as_bytes());
         }
         let name = name
             .to_str()
@@ -439,7 +439,7 @@ impl VirtSnapFs {
     pub fn readlink(&self, ino: u64) -> Result<OsString, FsError> {
         match self.key(ino)? {
             NodeKey::Current(d) => Ok(self.current_target(&*self.domain(&d)?)?.into()),
-            NodeKey::Guest(d, s, v, i) => self.guest_readlink((&d, &s, &v, i)),
+            NodeKey::Guest(d, s, v, i, e) => self.guest_readlink((&d, &s, &v, i, e)),
             other => Err(fs_err!(InvalidArgument, "{other:?} is not a symlink")),
         }
     }

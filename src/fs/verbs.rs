@@ -212,7 +212,7 @@ impl VirtSnapFs {
     fn kept_in_snapshot(parent: &NodeKey, name: &OsStr) -> bool {
         match parent {
             NodeKey::Snapshot(..) => name == FILES_DIR,
-            NodeKey::Files(_, Some(_)) | NodeKey::Guest(_, Some(_), _, _) => true,
+            NodeKey::Files(_, Some(_)) | NodeKey::Guest(_, Some(_), ..) => true,
             _ => false,
         }
     }

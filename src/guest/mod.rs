@@ -10,6 +10,7 @@
 //!   error.rs        GuestError and CorruptKind (one variant per check)
 //!   bytes.rs        fixed-offset integer reads
 //!   crc.rs          CRC-32, CRC-32C and CRC-32/BE (no dependency)
+//!   readahead.rs    a listed directory's inodes and subdirectories read in the background
 //!   partition/      MBR (primary, extended + logical from 5) and GPT; a partition is a
 //!                   ByteSource window over the disk; lvm/: an LVM2 physical volume is
 //!                   replaced by its volume group's linear and striped logical volumes
@@ -47,6 +48,7 @@ pub mod ext4;
 pub mod fat;
 pub mod ntfs;
 pub mod partition;
+pub mod readahead;
 pub mod xfs;
 
 mod bytes;
