@@ -194,6 +194,146 @@ fn lv_spanning_two_pvs_on_two_partitions_matches_the_kernel() {
     assert_lv_matches_kernel(&disk, &format!("{vg}-span"), &img, false);
 }
 
+/// `disk`'s bytes `[start, start + len)` as a disk image of its own, `name` beside it.
+fn cut_disk(s: &GuestScratch, disk: &Path, start: u64, len: u64, name: &str) -> PathBuf {
+    let out = s.path(name);
+    let bytes = fs::read(disk).unwrap();
+    fs::write(&out, &bytes[start as usize..(start + len) as usize]).unwrap();
+    out
+}
+
+fn volumes_of_disks(disks: &[(&Path, &str)]) -> guest::DiskVolumes {
+    guest::find_volumes_of_disks(
+        disks
+            .iter()
+            .map(|(path, name)| {
+                let src: Arc<dyn ByteSource> = Arc::new(FileSource::open(path).unwrap());
+                (src, name.to_string())
+            })
+            .collect(),
+    )
+}
+
+/// A volume group of two whole-disk PVs on two disks (as when a second disk was added to
+/// grow a guest's root): a linear LV whose first segment is on the second disk and the rest
+/// on the first, and an LV striped over both. Read with both disks, each LV reads its
+/// filesystem image's exact bytes and its tree equals the kernel's mount of it; read with
+/// one disk alone, neither is shown (and nothing else is misread); a clone of the first disk
+/// attached beside both changes nothing (the first copy of a duplicate PV is read).
+#[test]
+fn vg_spanning_two_disks_shows_its_lvs_when_both_are_read() {
+    let s = small_tree();
+    let span_img = ext4_image(&s, "span.raw", 14);
+    let striped_img = ext4_image(&s, "striped.raw", 8);
+    let both = whole_disk(&s, 48);
+    let vg = unique_vg("vsf2d");
+    let lvs = [
+        LvSpec::new("span", vec![linear(6, 1, 2), linear(8, 0, 1)]),
+        LvSpec::new(
+            "striped",
+            vec![SegSpec::Striped {
+                count: 8,
+                stripe_sectors: 128,
+                areas: vec![(0, 12), (1, 12)],
+            }],
+        ),
+    ];
+    lvm_disk(
+        &both,
+        &[(0, 24 * MIB), (24 * MIB, 24 * MIB)],
+        &vg,
+        &lvs,
+        &[(0, &span_img), (1, &striped_img)],
+    );
+    let vda = cut_disk(&s, &both, 0, 24 * MIB, "vda.raw");
+    let vdb = cut_disk(&s, &both, 24 * MIB, 24 * MIB, "vdb.raw");
+
+    let found = volumes_of_disks(&[(&vda, "vda"), (&vdb, "vdb")]);
+    assert!(found.failed.is_empty(), "{:?}", found.failed);
+    let span = format!("{vg}-span");
+    let striped = format!("{vg}-striped");
+    assert_eq!(names(&found.volumes), [span.clone(), striped.clone()]);
+    // The span's first extent is on vdb, so vdb is named first.
+    assert_eq!(found.volumes[0].disks, ["vdb", "vda"]);
+    assert_eq!(found.volumes[1].disks, ["vda", "vdb"]);
+    let cache = Arc::new(MetadataCache::new(DEFAULT_CACHE_BYTES));
+    for (v, img) in found.volumes.iter().zip([&span_img, &striped_img]) {
+        assert!(lv_reads(&found.volumes, &v.name, img));
+        let fs = guest::open_filesystem(v.source.clone(), cache.clone())
+            .unwrap()
+            .expect("no filesystem recognised on the LV");
+        let len = fs::metadata(img).unwrap().len();
+        let mount = LoopMount::new(img, 0, len);
+        assert_manifests_eq(
+            &parser_manifest(fs.as_ref()),
+            &kernel_manifest(mount.path()),
+            &v.name,
+        );
+    }
+
+    // One disk alone: its PV is found, the VG's LVs need the other one.
+    for (disk, name) in [(&vda, "vda"), (&vdb, "vdb")] {
+        let alone = volumes_of_disks(&[(disk, name)]);
+        assert!(alone.failed.is_empty());
+        assert_eq!(names(&alone.volumes), Vec::<String>::new(), "{name} alone");
+    }
+
+    // A clone of vda attached after both: the same LVs, read from vda.
+    let clone = s.path("vdc.raw");
+    fs::copy(&vda, &clone).unwrap();
+    let with_clone = volumes_of_disks(&[(&vda, "vda"), (&vdb, "vdb"), (&clone, "vdc")]);
+    assert_eq!(names(&with_clone.volumes), [span.clone(), striped.clone()]);
+    assert_eq!(with_clone.volumes[0].disks, ["vdb", "vda"]);
+    assert!(lv_reads(&with_clone.volumes, &span, &span_img));
+    assert!(lv_reads(&with_clone.volumes, &striped, &striped_img));
+}
+
+/// A disk that cannot be read is reported alone and the other disk's volumes are still
+/// listed: whether the failure comes while reading its partition table, or later, while
+/// reading the LVM label of the whole-disk volume found (the first sector reads as zeros,
+/// no partition table, and every read past it fails).
+#[test]
+fn an_unreadable_disk_fails_alone() {
+    let s = small_tree();
+    let img = ext4_image(&s, "root.raw", 12);
+    let disk = whole_disk(&s, 40);
+    let vg = unique_vg("vsfu");
+    let lvs = [LvSpec::new("root", vec![linear(12, 0, 3)])];
+    lvm_disk(&disk, &[(0, 40 * MIB)], &vg, &lvs, &[(0, &img)]);
+    for readable in [0, 512] {
+        let good: Arc<dyn ByteSource> = Arc::new(FileSource::open(&disk).unwrap());
+        let bad: Arc<dyn ByteSource> = Arc::new(FailingSource { readable });
+        let found =
+            guest::find_volumes_of_disks(vec![(bad, "vda".to_string()), (good, "vdb".to_string())]);
+        assert_eq!(names(&found.volumes), [format!("{vg}-root")]);
+        assert_eq!(found.volumes[0].disks, ["vdb"]);
+        assert!(lv_reads(&found.volumes, &format!("{vg}-root"), &img));
+        assert_eq!(found.failed.len(), 1, "{readable}");
+        assert_eq!(found.failed[0].0, "vda");
+        assert!(matches!(found.failed[0].1, guest::GuestError::Io(_)));
+    }
+}
+
+/// A disk whose reads fail (as a host image that gives EIO) but for its first `readable`
+/// bytes, which read as zeros.
+struct FailingSource {
+    readable: u64,
+}
+
+impl ByteSource for FailingSource {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        if offset + buf.len() as u64 <= self.readable {
+            buf.fill(0);
+            return Ok(());
+        }
+        Err(std::io::Error::other("injected read error"))
+    }
+
+    fn byte_len(&self) -> std::io::Result<u64> {
+        Ok(64 * MIB)
+    }
+}
+
 #[test]
 fn linear_lv_of_three_segments_matches_the_kernel() {
     let s = small_tree();

@@ -759,6 +759,107 @@ fn fat32_esp_and_lvm_lv_of_a_gpt_disk_match_mtools_and_the_kernel() {
     );
 }
 
+/// An LVM2 volume group over two disks, each a whole-disk PV (as when a second disk was
+/// added to grow a guest's root): one linear LV of ext4 whose first 6 MiB are on vdb and the
+/// next 8 MiB on vda, behind an internal snapshot `s`; after the snapshot the LV gets
+/// another ext4 tree in the live state. Through the mount, `files/` of the snapshot and of
+/// live/ list the LV once, and each equals the kernel's loop mount of the LV's bytes put
+/// together from both disks as `qemu-img convert` reads them (device-mapper's mapping).
+#[test]
+fn lv_spanning_two_disks_matches_the_kernel() {
+    let scratch = GuestScratch::new(TreeOptions {
+        big_sparse: false,
+        big_dir_entries: 100,
+    });
+    let ext4 = scratch.path("lv-root.raw");
+    mkfs("mkfs.ext4", &[], &scratch.tree(), &ext4, "14M");
+    let after_src = scratch.path("after-tree");
+    after_tree(&after_src);
+    let ext4_after = scratch.path("lv-root-after.raw");
+    mkfs("mkfs.ext4", &[], &after_src, &ext4_after, "14M");
+    let len = fs::metadata(&ext4).unwrap().len();
+    assert_eq!(len, 14 << 20);
+
+    const DISK: u64 = 24 << 20;
+    let both = scratch.path("both.raw");
+    sh("truncate", &["-s", &(2 * DISK).to_string(), s(&both)]);
+    let vg = lvm::unique_vg("vsfspan");
+    let seg = |count, pv, pe| lvm::SegSpec::Linear { count, pv, pe };
+    let lvs = [lvm::LvSpec::new("root", vec![seg(6, 1, 2), seg(8, 0, 1)])];
+    let bases = lvm::lvm_disk(&both, &[(0, DISK), (DISK, DISK)], &vg, &lvs, &[(0, &ext4)]);
+    let lv_name = format!("{vg}-root");
+    // Where the LV's two pieces are, on each disk of its own.
+    let (on_vdb, on_vda) = (bases[1] - DISK + (2 << 20), bases[0] + (1 << 20));
+    let (vda_raw, vdb_raw) = (scratch.path("vda.raw"), scratch.path("vdb.raw"));
+    slice_to(&both, 0, DISK, &vda_raw);
+    slice_to(&both, DISK, DISK, &vdb_raw);
+
+    let dom = TestDomain::new("lvspan", "64M");
+    let (a, b) = (dom.path("vda.qcow2"), dom.path("vdb.qcow2"));
+    to_qcow2(&vda_raw, &a);
+    to_qcow2(&vdb_raw, &b);
+    dom.define(&[("vda", "qcow2", &a), ("vdb", "qcow2", &b)]);
+    dom.snapshot("s", &[]);
+    let (head, tail) = (
+        scratch.path("after-head.raw"),
+        scratch.path("after-tail.raw"),
+    );
+    slice_to(&ext4_after, 0, 6 << 20, &head);
+    slice_to(&ext4_after, 6 << 20, 8 << 20, &tail);
+    dom.write(
+        "vdb.qcow2",
+        &format!("write -s {} {on_vdb} {}", s(&head), 6 << 20),
+    );
+    dom.write(
+        "vda.qcow2",
+        &format!("write -s {} {on_vda} {}", s(&tail), 8 << 20),
+    );
+
+    // The LV's bytes of a state, from both disks as qemu-img reads them.
+    let lv_of = |snapshot: Option<&str>, what: &str| {
+        let (da, db) = (scratch.path("conv-a.raw"), scratch.path("conv-b.raw"));
+        convert(&a, snapshot, &da);
+        convert(&b, snapshot, &db);
+        let mut bytes = fs::read(&db).unwrap()[on_vdb as usize..][..6 << 20].to_vec();
+        bytes.extend_from_slice(&fs::read(&da).unwrap()[on_vda as usize..][..8 << 20]);
+        let out = scratch.path(&format!("{what}.lv.raw"));
+        fs::write(&out, bytes).unwrap();
+        out
+    };
+    let snap_lv = lv_of(Some("s"), "snap");
+    let live_lv = lv_of(None, "live");
+    assert_eq!(fs::read(&snap_lv).unwrap(), fs::read(&ext4).unwrap());
+    assert_eq!(fs::read(&live_lv).unwrap(), fs::read(&ext4_after).unwrap());
+
+    let mount = Mount::new(&[]);
+    let d = |rel: &str| mount.path(&format!("{}/{rel}", dom.name));
+    assert_eq!(ls(&d("snapshots/s/files")), std::slice::from_ref(&lv_name));
+    assert_eq!(ls(&d("live/files")), std::slice::from_ref(&lv_name));
+    let n = compare(
+        &d(&format!("snapshots/s/files/{lv_name}")),
+        &snap_lv,
+        0,
+        len,
+        "snapshot s LV over vdb and vda (ext4)",
+    );
+    assert!(n > 100, "only {n} LV paths compared");
+    compare(
+        &d(&format!("live/files/{lv_name}")),
+        &live_lv,
+        0,
+        len,
+        "live LV over vdb and vda (ext4)",
+    );
+    assert!(d(&format!("live/files/{lv_name}/etc/after")).exists());
+    assert!(!d(&format!("snapshots/s/files/{lv_name}/etc/after")).exists());
+    assert!(
+        mount.log_text().contains(&format!(
+            "snapshot s disk vdb: {lv_name} (also on vda) ext4"
+        )),
+        "the scan's log line names both disks"
+    );
+}
+
 /// An XFS (v5, as mkfs.xfs makes it) in a GPT partition of a domain's disk, behind a qcow2
 /// internal snapshot: what find, stat, sha256sum and getfattr see of it through the mount
 /// equals what they see of the kernel's loop mount of the snapshot's bytes; the live disk,

@@ -12,7 +12,8 @@
 //! - at most [`OPEN_FILESYSTEMS`] opened filesystems, least recently used dropped first; each
 //!   bounds its own memory (the ext4 reader: 4 MiB of metadata blocks and its journal
 //!   overlay);
-//! - per disk, the names of the volumes found on it ([`DISK_SCANS`] disks);
+//! - per snapshot and `live/`, the names of the volumes found on its disks ([`PLACE_SCANS`]
+//!   of them); the disks are read together, since an LVM2 volume group may span several;
 //! - per opened filesystem, the parent of each guest directory looked up (at most
 //!   [`MAX_PARENTS`]), so that a directory reached under a second parent is refused instead
 //!   of making the tree loop;
@@ -27,7 +28,7 @@
 //! refresh interval), and, for a running domain, once it is older than the refresh interval:
 //! a running guest's files are crash-consistent, as in a snapshot taken at that moment. A
 //! file held open in `live/files` reads the view it was opened in; once the domain's change
-//! counter has moved its reads fail (EIO) rather than mix two states.
+//! counter has moved its reads fail (ESTALE) rather than mix two states.
 
 use super::*;
 
@@ -42,8 +43,8 @@ use crate::source::ByteSource;
 
 /// Opened guest filesystems kept at once.
 pub const OPEN_FILESYSTEMS: usize = 16;
-/// Disks whose volume names are remembered.
-pub const DISK_SCANS: usize = 1024;
+/// Snapshots (and `live/` directories) whose volume names are remembered.
+pub const PLACE_SCANS: usize = 1024;
 /// Directory parents remembered per opened filesystem (16 bytes each, with the map's
 /// overhead about 40: at most 160 MiB for a filesystem of 4 million directories).
 pub const MAX_PARENTS: usize = 4 << 20;
@@ -78,34 +79,52 @@ impl ByteSource for ChainSource {
     }
 }
 
-/// One disk of a snapshot, or of `live/`.
+/// A snapshot, or `live/`, of one domain: what volume scans and opened views belong to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(super) struct DiskKey {
+pub(super) struct PlaceKey {
     domain: String,
     snapshot: Option<String>,
-    target: String,
 }
 
-/// When and from what a view was opened, to decide whether it still shows the disk.
-struct Opened {
-    /// The chain and the snapshot's creation time; for `live/`, the chain and the domain's
-    /// change counter.
+/// One disk as it was when a scan or a view was opened.
+#[derive(Clone)]
+struct OpenedDisk {
+    target: String,
     stamp: Stamp,
-    at: Instant,
     /// `live/` only: the chain's files and their (mtime, size) when opened.
     files: Vec<PathBuf>,
     files_stamp: Vec<FileStamp>,
-    /// When `files_stamp` was last found unchanged.
+}
+
+/// When and from which disks a scan or a view was opened, to decide whether it still shows
+/// them.
+struct Opened {
+    disks: Vec<OpenedDisk>,
+    at: Instant,
+    /// When the disks' `files_stamp` were last found unchanged.
     checked: Mutex<Instant>,
 }
 
 impl Opened {
-    fn copy(&self) -> Opened {
+    fn new(disks: Vec<OpenedDisk>) -> Opened {
+        let now = Instant::now();
         Opened {
-            stamp: self.stamp.clone(),
+            disks,
+            at: now,
+            checked: Mutex::new(now),
+        }
+    }
+
+    /// What of `self` concerns the disks named `targets` (a volume's).
+    fn of_disks(&self, targets: &[String]) -> Opened {
+        Opened {
+            disks: self
+                .disks
+                .iter()
+                .filter(|d| targets.contains(&d.target))
+                .cloned()
+                .collect(),
             at: self.at,
-            files: self.files.clone(),
-            files_stamp: self.files_stamp.clone(),
             checked: Mutex::new(*self.checked.lock()),
         }
     }
@@ -120,17 +139,21 @@ struct Stamp {
     version: i128,
 }
 
-/// The volumes of one disk that hold a filesystem this layer reads.
-struct DiskScan {
+/// The volumes of a snapshot's (or `live/`'s) disks that hold a filesystem this layer reads.
+struct PlaceScan {
+    /// Every disk that was read.
     opened: Opened,
     volumes: Vec<String>,
+    /// The disks that could not be read, with their errors (a scan with any is not kept).
+    failed: Vec<(String, FsError)>,
 }
 
 /// One opened guest filesystem.
 pub(super) struct View {
     pub(super) fs: Arc<dyn GuestFs>,
     opened: Opened,
-    /// "domain D snapshot S disk vda volume vda1 (ext4)", for messages.
+    /// "domain D snapshot S disk vda volume vda1 (ext4)", for messages (a logical volume on
+    /// several disks: "disks vda+vdb").
     pub(super) label: String,
     /// Each guest directory's parent as first looked up (the root's is 0).
     parents: Mutex<HashMap<u64, u64>>,
@@ -186,8 +209,8 @@ impl View {
 
 /// The opened views and what was found on each disk.
 pub(super) struct GuestViews {
-    views: Mutex<LruCache<(DiskKey, String), Arc<View>>>,
-    scans: Mutex<LruCache<DiskKey, Arc<DiskScan>>>,
+    views: Mutex<LruCache<(PlaceKey, String), Arc<View>>>,
+    scans: Mutex<LruCache<PlaceKey, Arc<PlaceScan>>>,
     listings: Mutex<LruCache<u64, Arc<Vec<DirEntry>>>>,
 }
 
@@ -196,7 +219,7 @@ impl GuestViews {
         let n = |n| NonZeroUsize::new(n).expect("nonzero");
         GuestViews {
             views: Mutex::new(LruCache::new(n(OPEN_FILESYSTEMS))),
-            scans: Mutex::new(LruCache::new(n(DISK_SCANS))),
+            scans: Mutex::new(LruCache::new(n(PLACE_SCANS))),
             listings: Mutex::new(LruCache::new(n(LISTINGS))),
         }
     }
@@ -242,11 +265,10 @@ impl Place {
         self.counter.unwrap_or(0)
     }
 
-    fn disk_key(&self, target: &str) -> DiskKey {
-        DiskKey {
+    fn key(&self) -> PlaceKey {
+        PlaceKey {
             domain: self.domain.clone(),
             snapshot: self.snapshot.clone(),
-            target: target.to_string(),
         }
     }
 }
@@ -354,10 +376,13 @@ impl VirtSnapFs {
         })
     }
 
-    /// Whether what was opened as `opened` still shows the disk.
-    fn still_fresh(&self, opened: &Opened, disk: &DiskModel, place: &Place) -> bool {
-        if !place.stamped(&opened.stamp, disk) {
-            return false;
+    /// Whether what was opened as `opened` still shows its disks.
+    fn still_fresh(&self, opened: &Opened, place: &Place) -> bool {
+        for o in &opened.disks {
+            match place.disks.iter().find(|d| d.target == o.target) {
+                Some(disk) if place.stamped(&o.stamp, disk) => {}
+                _ => return false,
+            }
         }
         if place.counter.is_none() {
             return true;
@@ -367,7 +392,11 @@ impl VirtSnapFs {
         }
         let mut checked = opened.checked.lock();
         if checked.elapsed() >= self.options.refresh {
-            if files_stamp(&opened.files) != opened.files_stamp {
+            if opened
+                .disks
+                .iter()
+                .any(|o| files_stamp(&o.files) != o.files_stamp)
+            {
                 return false;
             }
             *checked = Instant::now();
@@ -376,7 +405,11 @@ impl VirtSnapFs {
     }
 
     /// Opens a disk's chain for the guest layer.
-    fn open_disk(&self, place: &Place, disk: &DiskModel) -> Result<(Arc<Chain>, Opened), FsError> {
+    fn open_disk(
+        &self,
+        place: &Place,
+        disk: &DiskModel,
+    ) -> Result<(Arc<Chain>, OpenedDisk), FsError> {
         let d = &place.domain;
         let t = &disk.target;
         let label = format!("{} disk {t}", place.label());
@@ -399,117 +432,182 @@ impl VirtSnapFs {
         } else {
             Vec::new()
         };
-        let now = Instant::now();
-        let opened = Opened {
+        let opened = OpenedDisk {
+            target: t.clone(),
             stamp: place.stamp(disk),
-            at: now,
             files_stamp: files_stamp(&files),
             files,
-            checked: Mutex::new(now),
         };
         Ok((chain, opened))
     }
 
-    fn view_label(place: &Place, target: &str, volume: &str, format: &str) -> String {
-        format!("{} disk {target} volume {volume} ({format})", place.label())
+    /// "domain D snapshot S disk vda volume vda1", or "… disks vda+vdb volume vg-lv".
+    fn volume_label(place: &Place, volume: &guest::Volume) -> String {
+        let s = if volume.disks.len() > 1 { "s" } else { "" };
+        format!(
+            "{} disk{s} {} volume {}",
+            place.label(),
+            volume.disks.join("+"),
+            volume.name
+        )
     }
 
-    /// The volumes of `disk` that hold a filesystem, found when not known yet; every
-    /// filesystem opened on the way is kept as a view. Logs what was found.
-    fn scan_disk(&self, place: &Place, disk: &DiskModel) -> Result<Arc<DiskScan>, FsError> {
-        let key = place.disk_key(&disk.target);
-        if let Some(scan) = self.guest.scans.lock().get(&key).cloned() {
-            if self.still_fresh(&scan.opened, disk, place) {
-                return Ok(scan);
+    /// The volumes of all the place's disks, read together (an LVM2 volume group may span
+    /// disks), what they were read from, and the disks that could not be read.
+    fn place_volumes(&self, place: &Place) -> (Vec<guest::Volume>, Opened, Vec<(String, FsError)>) {
+        let mut sources: Vec<(Arc<dyn ByteSource>, String)> = Vec::new();
+        let mut opened = Vec::new();
+        let mut failed = Vec::new();
+        for disk in &place.disks {
+            match self.open_disk(place, disk) {
+                Ok((chain, o)) => {
+                    sources.push((Arc::new(ChainSource(chain)), disk.target.clone()));
+                    opened.push(o);
+                }
+                Err(e) => failed.push((disk.target.clone(), e)),
             }
         }
-        let (chain, opened) = self.open_disk(place, disk)?;
-        let label = format!("{} disk {}", place.label(), disk.target);
-        let found = guest::find_volumes(Arc::new(ChainSource(chain)), &disk.target)
-            .map_err(|e| guest_error(&label, "reading the partition table", e))?;
+        let found = guest::find_volumes_of_disks(sources);
+        for (target, e) in found.failed {
+            opened.retain(|o| o.target != target);
+            let label = format!("{} disk {target}", place.label());
+            failed.push((target, guest_error(&label, "reading its volumes", e)));
+        }
+        (found.volumes, Opened::new(opened), failed)
+    }
+
+    /// The volumes of the place's disks that hold a filesystem, found when not known yet;
+    /// every filesystem opened on the way is kept as a view. Logs what was found, a line
+    /// per disk.
+    fn scan_place(&self, place: &Place) -> Arc<PlaceScan> {
+        let key = place.key();
+        if let Some(scan) = self.guest.scans.lock().get(&key).cloned() {
+            if scan.opened.disks.len() == place.disks.len() && self.still_fresh(&scan.opened, place)
+            {
+                return scan;
+            }
+        }
+        let (found, opened, failed) = self.place_volumes(place);
+        for (_, e) in &failed {
+            log::log!(e.kind.log_level(), "{e}");
+        }
         let mut volumes = Vec::new();
-        let mut report = Vec::new();
+        // What was found, by the disk each volume starts on.
+        let mut report: Vec<(String, Vec<String>)> = opened
+            .disks
+            .iter()
+            .map(|d| (d.target.clone(), Vec::new()))
+            .collect();
         for v in found {
-            match guest::open_filesystem(v.source.clone(), self.cache.clone()) {
+            let label = Self::volume_label(place, &v);
+            let found = match guest::open_filesystem(v.source.clone(), self.cache.clone()) {
                 Ok(Some(fs)) => {
-                    report.push(format!("{} {}", v.name, fs.format_name()));
-                    let view_label =
-                        Self::view_label(place, &disk.target, &v.name, fs.format_name());
-                    let view = View::new(fs, opened.copy(), view_label, place.counter);
+                    let format = fs.format_name();
+                    let view = View::new(
+                        fs,
+                        opened.of_disks(&v.disks),
+                        format!("{label} ({format})"),
+                        place.counter,
+                    );
                     self.guest
                         .views
                         .lock()
                         .put((key.clone(), v.name.clone()), Arc::new(view));
-                    volumes.push(v.name);
+                    volumes.push(v.name.clone());
+                    format.to_string()
                 }
-                Ok(None) => report.push(format!("{} nothing recognised", v.name)),
+                Ok(None) => "nothing recognised".to_string(),
                 Err(e) => {
-                    warn!(
-                        "{label} volume {}: the filesystem cannot be opened: {e}",
-                        v.name
-                    );
-                    report.push(format!("{} unreadable", v.name));
+                    warn!("{label}: the filesystem cannot be opened: {e}");
+                    "unreadable".to_string()
                 }
+            };
+            let also = match v.disks.get(1..) {
+                Some(rest) if !rest.is_empty() => format!(" (also on {})", rest.join(", ")),
+                _ => String::new(),
+            };
+            let first = v.disks.first().map(String::as_str).unwrap_or_default();
+            if let Some((_, lines)) = report.iter_mut().find(|(t, _)| t == first) {
+                lines.push(format!("{}{also} {found}", v.name));
             }
         }
-        info!(
-            "{label}: {}",
-            if report.is_empty() {
-                "no volumes".to_string()
-            } else {
-                report.join(", ")
-            }
-        );
-        let scan = Arc::new(DiskScan { opened, volumes });
-        self.guest.scans.lock().put(key, scan.clone());
-        Ok(scan)
+        for (target, lines) in report {
+            info!(
+                "{} disk {target}: {}",
+                place.label(),
+                if lines.is_empty() {
+                    "no volumes".to_string()
+                } else {
+                    lines.join(", ")
+                }
+            );
+        }
+        let scan = Arc::new(PlaceScan {
+            opened,
+            volumes,
+            failed,
+        });
+        if scan.failed.is_empty() {
+            self.guest.scans.lock().put(key, scan.clone());
+        }
+        scan
+    }
+
+    /// The error for `volume` not being found while some disks could not be read: the
+    /// error of the disk it is named after, or else of the first (it may be a logical
+    /// volume with a PV there); `None` when every disk was read.
+    fn unread_disk_error(failed: &[(String, FsError)], volume: &str) -> Option<FsError> {
+        failed
+            .iter()
+            .find(|(t, _)| volume.starts_with(t.as_str()))
+            .or(failed.first())
+            .map(|(_, e)| e.clone())
     }
 
     /// The opened filesystem of `volume`, opened again when it is not fresh.
     pub(super) fn view(&self, place: &Place, volume: &str) -> Result<Arc<View>, FsError> {
-        // A partition is named after its disk (`vda1`), a logical volume after its volume
-        // group (`VG-LV`) and may be on any disk: the disks whose name starts the volume's
-        // are tried first, and only their failures are this volume's.
-        let mut disks: Vec<&DiskModel> = place.disks.iter().collect();
-        disks.sort_by_key(|d| !volume.starts_with(d.target.as_str()));
-        for disk in disks {
-            let scan = match self.scan_disk(place, disk) {
-                Ok(scan) => scan,
-                Err(e) if volume.starts_with(disk.target.as_str()) => return Err(e),
-                Err(_) => continue,
-            };
-            if !scan.volumes.iter().any(|v| v == volume) {
-                continue;
-            }
-            let key = (place.disk_key(&disk.target), volume.to_string());
-            if let Some(view) = self.guest.views.lock().get(&key).cloned() {
-                if self.still_fresh(&view.opened, disk, place) {
-                    return Ok(view);
-                }
-            }
-            let (chain, opened) = self.open_disk(place, disk)?;
-            let label = format!("{} disk {}", place.label(), disk.target);
-            let v = guest::find_volumes(Arc::new(ChainSource(chain)), &disk.target)
-                .map_err(|e| guest_error(&label, "reading the partition table", e))?
-                .into_iter()
-                .find(|v| v.name == volume)
-                .ok_or_else(|| fs_err!(NotFound, "{label}: no volume {volume}"))?;
-            let fs = guest::open_filesystem(v.source, self.cache.clone())
-                .map_err(|e| guest_error(&label, &format!("volume {volume}"), e))?
-                .ok_or_else(|| fs_err!(NotFound, "{label}: nothing recognised on {volume}"))?;
-            let view_label = Self::view_label(place, &disk.target, volume, fs.format_name());
-            let view = Arc::new(View::new(fs, opened, view_label, place.counter));
-            self.guest.views.lock().put(key, view.clone());
+        let key = (place.key(), volume.to_string());
+        let cached = || {
+            let view = self.guest.views.lock().get(&key).cloned()?;
+            self.still_fresh(&view.opened, place).then_some(view)
+        };
+        if let Some(view) = cached() {
             return Ok(view);
         }
-        Err(fs_err!(
-            NotFound,
-            "{}: no filesystem on {volume}",
-            place.label()
-        ))
+        let scan = self.scan_place(place);
+        if let Some(view) = cached() {
+            return Ok(view);
+        }
+        let not_found = |failed: &[(String, FsError)]| {
+            Self::unread_disk_error(failed, volume).unwrap_or_else(|| {
+                fs_err!(NotFound, "{}: no filesystem on {volume}", place.label())
+            })
+        };
+        if !scan.volumes.iter().any(|v| v == volume) {
+            return Err(not_found(&scan.failed));
+        }
+        // Known, but its view was dropped or is stale: open this volume alone again.
+        let (found, opened, failed) = self.place_volumes(place);
+        let v = found
+            .into_iter()
+            .find(|v| v.name == volume)
+            .ok_or_else(|| not_found(&failed))?;
+        let label = Self::volume_label(place, &v);
+        let fs = guest::open_filesystem(v.source, self.cache.clone())
+            .map_err(|e| guest_error(&label, "opening its filesystem", e))?
+            .ok_or_else(|| fs_err!(NotFound, "{label}: nothing recognised"))?;
+        let format = fs.format_name();
+        let view = Arc::new(View::new(
+            fs,
+            opened.of_disks(&v.disks),
+            format!("{label} ({format})"),
+            place.counter,
+        ));
+        self.guest.views.lock().put(key, view.clone());
+        Ok(view)
     }
 
-    /// `files/`'s entries: one per volume with a filesystem, on every disk. A disk that
+    /// `files/`'s entries: one per volume with a filesystem, on all the disks. A disk that
     /// cannot be read is left out (its error is logged).
     pub(super) fn files_children(
         &self,
@@ -517,46 +615,27 @@ impl VirtSnapFs {
         snapshot: Option<&str>,
     ) -> Result<Vec<(NodeKey, String)>, FsError> {
         let place = self.place(domain, snapshot)?;
-        let mut out = Vec::new();
-        let mut listed = std::collections::HashSet::new();
-        for disk in &place.disks {
-            let scan = match self.scan_disk(&place, disk) {
-                Ok(scan) => scan,
-                Err(e) => {
-                    log::log!(e.kind.log_level(), "{e}");
-                    continue;
-                }
-            };
-            for volume in &scan.volumes {
-                // Two disks may carry the same volume group (a cloned image): the first
-                // disk's volume is shown.
-                if !listed.insert(volume.clone()) {
-                    warn!(
-                        "{} disk {}: volume {volume} is also on an earlier disk; only that one is shown",
-                        place.label(),
-                        disk.target
-                    );
-                    continue;
-                }
-                let key = (place.disk_key(&disk.target), volume.clone());
-                let root = self
-                    .guest
-                    .views
-                    .lock()
-                    .peek(&key)
-                    .map(|v| v.fs.root())
-                    .map_or_else(|| self.view(&place, volume).map(|v| v.fs.root()), Ok)?;
-                out.push((
-                    NodeKey::Guest(
-                        domain.into(),
-                        snapshot.map(Arc::from),
-                        volume.as_str().into(),
-                        root,
-                        place.epoch(),
-                    ),
-                    volume.clone(),
-                ));
-            }
+        let scan = self.scan_place(&place);
+        let mut out = Vec::with_capacity(scan.volumes.len());
+        for volume in &scan.volumes {
+            let key = (place.key(), volume.clone());
+            let root = self
+                .guest
+                .views
+                .lock()
+                .peek(&key)
+                .map(|v| v.fs.root())
+                .map_or_else(|| self.view(&place, volume).map(|v| v.fs.root()), Ok)?;
+            out.push((
+                NodeKey::Guest(
+                    domain.into(),
+                    snapshot.map(Arc::from),
+                    volume.as_str().into(),
+                    root,
+                    place.epoch(),
+                ),
+                volume.clone(),
+            ));
         }
         Ok(out)
     }

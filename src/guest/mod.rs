@@ -6,7 +6,7 @@
 //! ```text
 //! src/guest/
 //!   mod.rs          this file: the GuestFs trait, detection (open_filesystem), volumes
-//!                   (find_volumes), a bounded tree walk
+//!                   (find_volumes, find_volumes_of_disks), a bounded tree walk
 //!   error.rs        GuestError and CorruptKind (one variant per check)
 //!   bytes.rs        fixed-offset integer reads
 //!   crc.rs          CRC-32, CRC-32C and CRC-32/BE (no dependency)
@@ -60,7 +60,7 @@ use crate::cache::MetadataCache;
 use crate::source::ByteSource;
 
 pub use error::{CorruptKind, GuestError};
-pub use partition::{find_volumes, PartitionWindow, Volume};
+pub use partition::{find_volumes, find_volumes_of_disks, DiskVolumes, PartitionWindow, Volume};
 
 /// The type of a file, as `st_mode & S_IFMT` gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -3,7 +3,9 @@
 //! A GPT (recognised by the 0xEE protective entry of its MBR) wins over the MBR, as in the
 //! kernel's `efi` checker, which runs before `msdos`. A disk without a partition table, or
 //! whose table lists nothing, is one volume named after the disk itself (`vda`). A volume that
-//! is an LVM2 physical volume is replaced by the logical volumes found on the disk ([`lvm`]).
+//! is an LVM2 physical volume is replaced by the logical volumes found on the machine's disks
+//! ([`lvm`]): the disks are read together ([`find_volumes_of_disks`]), since a volume group
+//! may span several of them.
 
 pub mod gpt;
 pub mod lvm;
@@ -17,6 +19,7 @@ use crate::source::ByteSource;
 use super::GuestError;
 
 /// One place a filesystem may live: a partition, the whole disk or an LVM logical volume.
+#[derive(Clone)]
 pub struct Volume {
     /// The Linux device name: `vda` (whole disk), `vda1`, `vda5`, `nvme0n1p1`; for a logical
     /// volume its device-mapper name (`vg-root`, `my--vg-lv`).
@@ -31,6 +34,9 @@ pub struct Volume {
     pub len: u64,
     /// The volume's bytes (a [`PartitionWindow`] for partitions, the disk itself otherwise).
     pub source: Arc<dyn ByteSource>,
+    /// The disks whose bytes it reads: its own; for a logical volume, the disks of its PVs
+    /// (the one `start` is on first).
+    pub disks: Vec<String>,
 }
 
 impl std::fmt::Debug for Volume {
@@ -40,6 +46,7 @@ impl std::fmt::Debug for Volume {
             .field("number", &self.number)
             .field("start", &self.start)
             .field("len", &self.len)
+            .field("disks", &self.disks)
             .finish()
     }
 }
@@ -52,8 +59,63 @@ pub struct PartitionEntry {
     pub len: u64,
 }
 
-/// The volumes of `disk` named as Linux would name them for a disk called `disk_name`.
+/// The volumes of `disk` named as Linux would name them for a disk called `disk_name`, its
+/// LVM2 physical volumes replaced by the logical volumes that lie wholly on this disk.
 pub fn find_volumes(disk: Arc<dyn ByteSource>, disk_name: &str) -> Result<Vec<Volume>, GuestError> {
+    let mut found = find_volumes_of_disks(vec![(disk, disk_name.to_string())]);
+    match found.failed.pop() {
+        Some((_, e)) => Err(e),
+        None => Ok(found.volumes),
+    }
+}
+
+/// What the disks of one machine hold.
+#[derive(Debug, Default)]
+pub struct DiskVolumes {
+    /// Partitions and whole disks in disk order, then the logical volumes.
+    pub volumes: Vec<Volume>,
+    /// The disks that could not be read, with why: none of their volumes is listed, nor any
+    /// logical volume with a PV on them.
+    pub failed: Vec<(String, GuestError)>,
+}
+
+/// The volumes of all of a machine's `disks` (each with the name Linux gives it): the
+/// partitions (or the whole disk) of each, and the logical volumes of the LVM2 volume
+/// groups whose PVs are on them, whichever disks a volume group spans. A disk that cannot be
+/// read is reported in [`DiskVolumes::failed`] and the others are still read.
+pub fn find_volumes_of_disks(disks: Vec<(Arc<dyn ByteSource>, String)>) -> DiskVolumes {
+    let mut found = DiskVolumes::default();
+    let mut all = Vec::new();
+    for (disk, name) in disks {
+        match disk_volumes(disk, &name) {
+            Ok(volumes) => all.extend(volumes),
+            Err(e) => found.failed.push((name, e)),
+        }
+    }
+    // A disk whose PV label or metadata cannot be read fails alone: its volumes are taken
+    // out and the rest resolved again (at most once per disk).
+    loop {
+        match lvm::resolve(all.clone()) {
+            Ok(volumes) => {
+                found.volumes = volumes;
+                return found;
+            }
+            Err((disk, e)) => {
+                let before = all.len();
+                all.retain(|v| !v.disks.contains(&disk));
+                if all.len() == before {
+                    // Cannot happen (the error names a disk of a volume given), but the
+                    // loop must end whatever happens.
+                    all.clear();
+                }
+                found.failed.push((disk, e));
+            }
+        }
+    }
+}
+
+/// The partitions of `disk`, or the whole disk when it has no partition table.
+fn disk_volumes(disk: Arc<dyn ByteSource>, disk_name: &str) -> Result<Vec<Volume>, GuestError> {
     let disk_len = disk.byte_len()?;
     let entries = match mbr::read_mbr(disk.as_ref(), disk_len)? {
         Some(mbr) if mbr.protective => gpt::read_gpt(disk.as_ref(), disk_len)?,
@@ -61,12 +123,13 @@ pub fn find_volumes(disk: Arc<dyn ByteSource>, disk_name: &str) -> Result<Vec<Vo
         None => Vec::new(),
     };
     if entries.is_empty() {
-        return lvm::resolve(vec![Volume {
+        return Ok(vec![Volume {
             name: disk_name.to_string(),
             number: None,
             start: 0,
             len: disk_len,
             source: disk,
+            disks: vec![disk_name.to_string()],
         }]);
     }
     // Linux: "sda1", but "nvme0n1p1" and "loop0p1" when the disk's name ends in a digit.
@@ -75,7 +138,7 @@ pub fn find_volumes(disk: Arc<dyn ByteSource>, disk_name: &str) -> Result<Vec<Vo
     } else {
         ""
     };
-    let partitions = entries
+    Ok(entries
         .into_iter()
         .map(|e| Volume {
             name: format!("{disk_name}{sep}{}", e.number),
@@ -83,9 +146,9 @@ pub fn find_volumes(disk: Arc<dyn ByteSource>, disk_name: &str) -> Result<Vec<Vo
             start: e.start,
             len: e.len,
             source: Arc::new(PartitionWindow::new(disk.clone(), e.start, e.len)) as _,
+            disks: vec![disk_name.to_string()],
         })
-        .collect();
-    lvm::resolve(partitions)
+        .collect())
 }
 
 /// A window `[start, start + len)` over a disk. Reads past the window's end read zeros, never

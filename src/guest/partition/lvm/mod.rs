@@ -7,15 +7,18 @@
 //! - [`text`]: a bounded parser of the metadata text;
 //! - [`vg`]: what the text says: PVs, LVs and their segments, and which LVs can be read.
 //!
-//! Every metadata copy on the disk's PVs (one or two per PV) is read; copies whose checksum
-//! or content fails are skipped (logged), and of the rest the one with the highest `seqno` of
-//! each VG is used, as lvm2 does. An LV is shown when all its segments are linear or striped
-//! over PVs found on the same disk and inside them; any other LV is logged and left out:
-//! another segment type (thin, snapshot, raid, mirror, cache, vdo, …) as "not supported",
-//! metadata that breaks a rule (segments with gaps or overlapping, extents past a PV or
-//! mapped twice) as corrupt, and an LV needing a PV that is not on this disk as such: a VG
-//! spanning several disks shows only the LVs that lie wholly on one of them. Hidden LVs (the
-//! components of other LVs) are not shown, as lvm2 does not show them.
+//! The PVs of all of a machine's disks are read together, so a VG may span disks. Every
+//! metadata copy on the PVs (one or two per PV) is read; copies whose checksum or content
+//! fails are skipped (logged), and of the rest the one with the highest `seqno` of each VG is
+//! used, as lvm2 does. An LV is shown when all its segments are linear or striped over PVs
+//! that were found and inside them; any other LV is logged and left out: another segment
+//! type (thin, snapshot, raid, mirror, cache, vdo, …) as "not supported", metadata that
+//! breaks a rule (segments with gaps or overlapping, extents past a PV or mapped twice) as
+//! corrupt, and an LV needing a PV that is on none of the disks (a disk not attached to
+//! this machine) as such. A PV found on two volumes (a disk and its clone attached beside
+//! it) is read from the first, in disk order, with a warning, as lvm2 picks one copy of a
+//! duplicate PV. Hidden LVs (the components of other LVs) are not shown, as lvm2 does not
+//! show them.
 //!
 //! Memory and time: per LV, its segment table (one entry per segment and stripe), held by
 //! the LV's [`ByteSource`]; each metadata text (at most [`label::MAX_METADATA_TEXT`]; all
@@ -39,6 +42,8 @@ use vg::{LvState, Segment, VgMeta};
 struct FoundPv {
     /// The name of the volume it is on (`vda2`), for messages.
     volume: String,
+    /// The disk that volume is on.
+    disk: String,
     label: label::PvLabel,
     /// The volume's start on the disk, in bytes.
     start: u64,
@@ -46,23 +51,26 @@ struct FoundPv {
     source: Arc<dyn ByteSource>,
 }
 
-/// Replaces each volume of `volumes` that is an LVM2 PV by the readable LVs of the VGs found
-/// on the disk's PVs; other volumes are returned as they are, in their order, followed by
-/// the LVs (VGs in the order their first PV appears, LVs in metadata order).
-pub fn resolve(volumes: Vec<Volume>) -> Result<Vec<Volume>, GuestError> {
+/// Replaces each volume of `volumes` (partitions and whole disks, of one or more disks) that
+/// is an LVM2 PV by the readable LVs of the VGs found on all the PVs; other volumes are
+/// returned as they are, in their order, followed by the LVs (VGs in the order their first
+/// PV appears, LVs in metadata order). An I/O error is returned with the disk it came from.
+pub fn resolve(volumes: Vec<Volume>) -> Result<Vec<Volume>, (String, GuestError)> {
     let mut out = Vec::new();
     let mut pvs = Vec::new();
     for v in volumes {
+        let disk = v.disks.first().cloned().unwrap_or_default();
         match label::read_label(v.source.as_ref()) {
             Ok(None) => out.push(v),
             Ok(Some(label)) => pvs.push(FoundPv {
                 volume: v.name,
+                disk,
                 label,
                 start: v.start,
                 len: v.len,
                 source: v.source,
             }),
-            Err(GuestError::Io(e)) => return Err(GuestError::Io(e)),
+            Err(GuestError::Io(e)) => return Err((disk, GuestError::Io(e))),
             Err(e) => log::warn!(
                 "volume {}: LVM physical volume cannot be read: {e}; not shown",
                 v.name
@@ -78,13 +86,13 @@ pub fn resolve(volumes: Vec<Volume>) -> Result<Vec<Volume>, GuestError> {
     Ok(out)
 }
 
-/// Metadata text read per disk, all copies together: a disk of 256 partitions, each a PV
+/// Metadata text read per machine, all copies together: a disk of 256 partitions, each a PV
 /// with two areas of 4 MiB of text, is not read whole (real VGs have a few copies of some
 /// KiB each).
 const MAX_METADATA_PER_DISK: u64 = 32 << 20;
 
 /// The newest valid metadata of each VG found on `pvs`.
-fn newest_metadata(pvs: &[FoundPv]) -> Result<Vec<VgMeta>, GuestError> {
+fn newest_metadata(pvs: &[FoundPv]) -> Result<Vec<VgMeta>, (String, GuestError)> {
     let mut vgs: Vec<VgMeta> = Vec::new();
     let mut budget = MAX_METADATA_PER_DISK;
     for pv in pvs {
@@ -92,7 +100,7 @@ fn newest_metadata(pvs: &[FoundPv]) -> Result<Vec<VgMeta>, GuestError> {
         for (n, &area) in pv.label.metadata_areas.iter().enumerate() {
             if budget == 0 {
                 log::warn!(
-                    "volume {}: LVM metadata copy {} not read: the disk's copies exceed {} MiB",
+                    "volume {}: LVM metadata copy {} not read: the disks' copies exceed {} MiB",
                     pv.volume,
                     n + 1,
                     MAX_METADATA_PER_DISK >> 20
@@ -110,7 +118,7 @@ fn newest_metadata(pvs: &[FoundPv]) -> Result<Vec<VgMeta>, GuestError> {
             let meta = match parsed {
                 Ok(Some(meta)) => meta,
                 Ok(None) => continue,
-                Err(GuestError::Io(e)) => return Err(GuestError::Io(e)),
+                Err(GuestError::Io(e)) => return Err((pv.disk.clone(), GuestError::Io(e))),
                 Err(e) => {
                     log::warn!(
                         "volume {}: LVM metadata copy {} cannot be used: {e}",
@@ -139,24 +147,24 @@ fn newest_metadata(pvs: &[FoundPv]) -> Result<Vec<VgMeta>, GuestError> {
 
 /// Adds the readable LVs of `vg` to `out`, logging why each other one is left out.
 fn add_lvs(vg: &VgMeta, pvs: &[FoundPv], out: &mut Vec<Volume>) {
-    // The PV of each of the VG's PVs on this disk (None when absent or found twice).
+    // The volume of each of the VG's PVs (None when on none of the disks); of a PV found
+    // twice, the first.
     let local: Vec<Option<&FoundPv>> = vg
         .pvs
         .iter()
         .map(|meta| {
             let mut found = pvs.iter().filter(|p| p.label.uuid[..] == meta.uuid[..]);
-            match (found.next(), found.next()) {
-                (Some(p), None) => Some(p),
-                (Some(_), Some(_)) => {
-                    log::warn!(
-                        "LVM VG {}: PV {} is found twice on the disk; its LVs are not shown",
-                        vg.name,
-                        String::from_utf8_lossy(&meta.uuid)
-                    );
-                    None
-                }
-                _ => None,
+            let first = found.next()?;
+            for other in found {
+                log::warn!(
+                    "LVM VG {}: PV {} is on both volume {} and volume {} (a cloned disk?); the first is read",
+                    vg.name,
+                    String::from_utf8_lossy(&meta.uuid),
+                    first.volume,
+                    other.volume
+                );
             }
+            Some(first)
         })
         .collect();
     for lv in &vg.lvs {
@@ -179,7 +187,7 @@ fn add_lvs(vg: &VgMeta, pvs: &[FoundPv], out: &mut Vec<Volume>) {
             continue;
         }
         match LogicalVolume::new(vg, segments, &local) {
-            Ok((source, start)) => {
+            Ok((source, start, disks)) => {
                 let len = source.len;
                 out.push(Volume {
                     name,
@@ -187,6 +195,7 @@ fn add_lvs(vg: &VgMeta, pvs: &[FoundPv], out: &mut Vec<Volume>) {
                     start,
                     len,
                     source: Arc::new(source),
+                    disks,
                 });
             }
             Err(why) => log::warn!("{what}: {why}; not shown"),
@@ -214,15 +223,17 @@ pub struct LogicalVolume {
 
 impl LogicalVolume {
     /// Maps `segments` (contiguous from extent 0, checked by [`vg::read_vg`]) onto the PVs.
-    /// Returns the LV and the disk byte its first extent is at; an error message when a PV
-    /// is not on this disk or an extent lies past the end of its PV's volume.
+    /// Returns the LV, the disk byte its first extent is at and the disks it reads (that
+    /// byte's first); an error message when a PV is on none of the disks or an extent lies
+    /// past the end of its PV's volume.
     fn new(
         vg: &VgMeta,
         segments: &[Segment],
         local: &[Option<&FoundPv>],
-    ) -> Result<(LogicalVolume, u64), String> {
+    ) -> Result<(LogicalVolume, u64, Vec<String>), String> {
         let mut pieces = Vec::with_capacity(segments.len());
         let mut first = None;
+        let mut disks: Vec<String> = Vec::new();
         let mut len = 0u64;
         for seg in segments {
             let area_bytes = seg
@@ -234,7 +245,7 @@ impl LogicalVolume {
                 let meta = &vg.pvs[pv];
                 let Some(found) = local.get(pv).copied().flatten() else {
                     return Err(format!(
-                        "needs PV {} which is not on this disk",
+                        "needs PV {} which is on none of the disks",
                         String::from_utf8_lossy(&meta.uuid)
                     ));
                 };
@@ -253,6 +264,9 @@ impl LogicalVolume {
                     ));
                 }
                 first.get_or_insert(found.start.saturating_add(at));
+                if !disks.contains(&found.disk) {
+                    disks.push(found.disk.clone());
+                }
                 stripes.push((found.source.clone(), at));
             }
             let seg_len = seg
@@ -267,7 +281,7 @@ impl LogicalVolume {
             });
             len = len.checked_add(seg_len).ok_or("LV too large")?;
         }
-        Ok((LogicalVolume { pieces, len }, first.unwrap_or(0)))
+        Ok((LogicalVolume { pieces, len }, first.unwrap_or(0), disks))
     }
 
     /// Where LV byte `pos` (below `self.len`) is: the PV, the byte on it, and how many bytes
@@ -356,6 +370,7 @@ mod tests {
         let len = bytes.len() as u64;
         FoundPv {
             volume: "vda".into(),
+            disk: "vda".into(),
             label: label::PvLabel {
                 uuid: [b'A'; 32],
                 device_size: len,
@@ -390,8 +405,9 @@ mod tests {
         let LvState::Readable(segs) = &vg.lvs[0].state else {
             panic!()
         };
-        let (lv, start) = LogicalVolume::new(&vg, segs, &local).unwrap();
+        let (lv, start, disks) = LogicalVolume::new(&vg, segs, &local).unwrap();
         assert_eq!(start, 4096 + 5 * 1024);
+        assert_eq!(disks, ["vda"]);
         assert_eq!(lv.byte_len().unwrap(), 5 * 1024);
         let mut all = vec![0u8; 5 * 1024 + 100];
         lv.read_exact_at(&mut all, 0).unwrap();
