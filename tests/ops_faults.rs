@@ -25,7 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::vm::{
-    convert, eventually, expected_tree, mounted_tree, p, sh, virsh, Mount, TestDomain, URI,
+    convert, eventually, expected_tree, mounted_tree, p, same_bytes, sh, virsh, Mount, TestDomain,
+    URI,
 };
 use virtsnapfs::backend::Backend;
 
@@ -637,6 +638,122 @@ fn daemon_killed_during_a_live_block_commit() {
         }
         assert!(!dom.path(&format!("vda.{snapshot}")).exists());
     }
+}
+
+/// The daemon dies while QEMU finishes a block commit for it, and the next mount finds the
+/// commit done: it must finish the deletion without committing again (QEMU's lock on the
+/// base refuses that, and the record was then kept forever; after a pivot, it would write
+/// the overlay's old data over what the guest wrote since). Two cases:
+/// - take-1 (in the middle of the running chain): the daemon dies right after starting the
+///   commit, which then ends in QEMU by itself; libvirt drops take-1 from the running chain
+///   before the next mount (its data is checked to be in the base);
+/// - take-2 (the active layer): the daemon dies right after the pivot onto take-1.
+#[test]
+fn daemon_killed_while_qemu_finishes_the_commit() {
+    let _serial = serial();
+    for (snapshot, dir, step) in [
+        (
+            "take-1",
+            "snapshots/take-1",
+            "delete-external:live-commit-started",
+        ),
+        (
+            "take-2",
+            "snapshots/take-1/take-2",
+            "delete-external:committed",
+        ),
+    ] {
+        let dom = running_two_external("crash-ends");
+        let state = tempfile::tempdir().unwrap();
+        let before = hashes_now(&dom);
+        let state_opt = format!("state_dir={}", state.path().display());
+        let opts = [state_opt.as_str(), SLOW_MERGE];
+        let mut crashing = Mount::with_env(&opts, &[("VIRTSNAPFS_CRASH_AT", step)]);
+        let _ = Command::new("rmdir").arg(p(&crashing, &dom, dir)).output();
+        assert!(!crashing.wait_exit().success(), "{}", crashing.log_text());
+        drop(crashing);
+        let overlay = dom.path(&format!("vda.{snapshot}"));
+        eventually(
+            60,
+            "the commit to end and the overlay to leave the chain",
+            || !virsh(&["dumpxml", &dom.name]).contains(overlay.to_str().unwrap()),
+        );
+        assert!(
+            overlay.exists(),
+            "{snapshot}: removed by QEMU, not by the daemon"
+        );
+        let mount = Mount::new(&opts);
+        let log = mount.log_text();
+        assert!(log.contains("recovered an unfinished operation"), "{log}");
+        assert!(
+            log.contains("is merged into") && log.contains("already"),
+            "{snapshot}: the recovery should find the commit done: {log}"
+        );
+        assert_consistent(&mount, &dom, state.path(), snapshot);
+        assert_eq!(virsh(&["domstate", &dom.name]).trim(), "running");
+        let after = checked_hashes(&mount, &dom, snapshot);
+        assert!(!after.contains_key(snapshot), "{snapshot} still there");
+        for (k, v) in &before {
+            if k != snapshot {
+                assert_eq!(after.get(k), Some(v), "{snapshot}: {k}");
+            }
+        }
+        assert!(!overlay.exists());
+    }
+}
+
+/// The daemon dies right after the pivot of an active commit (take-2 merged into take-1),
+/// the guest then writes over data take-2 held, and the domain is shut off before the next
+/// mount. The commit is recorded as done, so recovery must not commit take-2 again (offline
+/// now, nothing holds the images): that would put take-2's old data over the guest's newer
+/// writes. The live disk after recovery reads what the guest wrote.
+#[test]
+fn daemon_killed_after_the_pivot_keeps_the_guests_later_writes() {
+    let _serial = serial();
+    let dom = running_two_external("crash-pivot");
+    let state = tempfile::tempdir().unwrap();
+    let state_opt = format!("state_dir={}", state.path().display());
+    let opts = [state_opt.as_str(), SLOW_MERGE];
+    let step = "delete-external:committed";
+    let mut crashing = Mount::with_env(&opts, &[("VIRTSNAPFS_CRASH_AT", step)]);
+    let _ = Command::new("rmdir")
+        .arg(p(&crashing, &dom, "snapshots/take-1/take-2"))
+        .output();
+    assert!(!crashing.wait_exit().success(), "{}", crashing.log_text());
+    drop(crashing);
+    let (base, overlay) = (dom.path("vda.take-1"), dom.path("vda.take-2"));
+    assert_eq!(dom.live_source("vda"), base, "the pivot was made");
+    // take-2 held 0x53 at 10M..18M; the guest now writes 0x54 over part of it.
+    dom.write_running("write -P 0x54 11M 2M");
+    dom.write_running("flush");
+    virsh(&["destroy", &dom.name]);
+    let scratch = tempfile::tempdir().unwrap();
+    let expected = scratch.path().join("expected.raw");
+    convert(&base, None, &expected);
+    assert!(overlay.exists());
+    let mount = Mount::new(&opts);
+    let log = mount.log_text();
+    assert!(log.contains("recovered an unfinished operation"), "{log}");
+    assert!(log.contains("already (recorded)"), "{log}");
+    assert_consistent(&mount, &dom, state.path(), "take-2 after the pivot");
+    let live = scratch.path().join("live.raw");
+    convert(&dom.live_source("vda"), None, &live);
+    assert!(
+        same_bytes(&live, &expected),
+        "the live disk lost the guest's writes made after the pivot"
+    );
+    let pattern = sh(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "read -P 0x54 11M 2M",
+            live.to_str().unwrap(),
+        ],
+    );
+    assert!(!pattern.contains("verification failed"), "{pattern}");
+    assert!(!overlay.exists());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ impl SnapshotOps {
         let intent = self.record(&plan.to_json())?;
         journal::crash_point("delete-external:recorded");
         let mut merged = 0;
-        match self.finish_delete(&plan, &mut merged) {
+        match self.finish_delete(&plan, &mut merged, intent.path()) {
             Ok(()) => Self::settle(
                 intent,
                 self.remove_leftovers(&plan),
@@ -87,14 +87,16 @@ impl SnapshotOps {
     }
 
     /// Every step of an external delete, each done only if not done yet: safe to run again
-    /// after a crash at any point (a commit repeated writes the same data again).
+    /// after a crash at any point. A commit is marked done in the intent record `record` and
+    /// never repeated once marked; one cut short is repeated (it writes the same data again).
     pub(super) fn finish_delete(
         &self,
         plan: &DeletePlan,
         merged: &mut usize,
+        record: &Path,
     ) -> Result<(), FsError> {
         for merge in &plan.merges {
-            let result = self.merge(&plan.domain, merge);
+            let result = self.merge(&plan.domain, merge, record);
             self.set_status(&plan.domain, None);
             result?;
             *merged += 1;

@@ -130,6 +130,90 @@ pub fn file_stamp(path: &Path) -> FileStamp {
         .and_then(|m| Some((m.modified().ok()?, m.len())))
 }
 
+/// Whether every guest byte that `overlay` (a qcow2 whose backing file is `base`) holds
+/// itself reads the same from `base`: what a finished commit of the overlay into the base
+/// leaves. Only the overlay's own clusters (data and zero clusters) are read from both
+/// sides, so the check costs what the overlay holds, not the disk's size.
+pub fn overlay_is_in_base(
+    overlay: &Path,
+    base: &Path,
+    base_format: Format,
+    cache: &Arc<MetadataCache>,
+) -> Result<bool, FsError> {
+    use crate::image::ExtentSource;
+    let open = |path: &Path, format| {
+        open_chain(&ChainSpec::from_image(path, Some(format)), cache.clone())
+            .map_err(|e| fs_err!(Io, "{}: {e}", path.display()))
+    };
+    let over = open(overlay, Format::Qcow2)?;
+    let under = open(base, base_format)?;
+    fn err(path: &Path) -> impl Fn(crate::image::ImageError) -> FsError + '_ {
+        move |e| fs_err!(Io, "{}: {e}", path.display())
+    }
+    const STEP: u64 = 1 << 20;
+    let (mut a, mut b) = (vec![0u8; STEP as usize], vec![0u8; STEP as usize]);
+    let size = over.size();
+    let mut pos = 0u64;
+    while pos < size {
+        let window = (64 * STEP).min(size - pos);
+        for e in over.resolve(pos, window).map_err(err(overlay))? {
+            // Data of a lower layer is the base's own; a zero run may be the overlay's zero
+            // clusters, so it is checked too (the base must read zeros there).
+            let own = match e.source {
+                ExtentSource::Data { layer, .. } | ExtentSource::Compressed { layer, .. } => {
+                    layer == 0
+                }
+                ExtentSource::Zero => true,
+            };
+            let mut at = e.guest_offset;
+            while own && at < e.end() {
+                let n = (e.end() - at).min(STEP) as usize;
+                if matches!(e.source, ExtentSource::Zero) {
+                    // Only what the base holds as data there needs reading.
+                    let base_data = under
+                        .resolve(at, n as u64)
+                        .map_err(err(base))?
+                        .iter()
+                        .any(|x| x.source.is_data());
+                    if base_data {
+                        read_full(&under, &mut b[..n], at).map_err(err(base))?;
+                        if b[..n].iter().any(|&x| x != 0) {
+                            return Ok(false);
+                        }
+                    }
+                } else {
+                    read_full(&over, &mut a[..n], at).map_err(err(overlay))?;
+                    read_full(&under, &mut b[..n], at).map_err(err(base))?;
+                    if a[..n] != b[..n] {
+                        return Ok(false);
+                    }
+                }
+                at += n as u64;
+            }
+        }
+        pos += window;
+    }
+    Ok(true)
+}
+
+/// Reads `buf.len()` guest bytes at `offset`, zeros past the disk's end.
+fn read_full(
+    chain: &crate::image::Chain,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<(), crate::image::ImageError> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = chain.read_at(&mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            buf[done..].fill(0);
+            break;
+        }
+        done += n;
+    }
+    Ok(())
+}
+
 /// Whether the qcow2 image at `path` holds internal snapshots.
 pub fn has_internal_snapshots(path: &Path, cache: &Arc<MetadataCache>) -> Result<bool, FsError> {
     let chain = open_chain(

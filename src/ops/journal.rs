@@ -95,13 +95,63 @@ impl IntentFile {
 
     /// The operation finished: forget it.
     pub fn done(self) {
-        let _ = std::fs::remove_file(&self.path);
+        forget(&self.path);
     }
 }
 
-/// Removes a record after recovery handled it.
+/// Removes a record (after recovery handled it), then its step marks.
 pub fn forget(path: &Path) {
     let _ = std::fs::remove_file(path);
+    remove_marks(path);
+}
+
+/// Marks `step` of the operation recorded at `record` as done, durably. For a step that must
+/// not be repeated once done, recovery asks [`is_marked`] instead of judging from the images:
+/// a block commit whose base the guest has written to since the pivot, committed again,
+/// would put the overlay's old data over the guest's newer writes.
+pub fn mark(record: &Path, step: &str) -> std::io::Result<()> {
+    std::fs::File::create(mark_path(record, step))?.sync_all()?;
+    if let Some(dir) = record.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Whether [`mark`] recorded `step` of the operation recorded at `record`.
+pub fn is_marked(record: &Path, step: &str) -> bool {
+    mark_path(record, step).exists()
+}
+
+/// `1234-56.json`'s mark of step `step` is `1234-56.mark-STEP` (other bytes than ASCII
+/// letters, digits and `-` written as `_`). Recovery reads only `.json` files, so a mark
+/// left behind by a crash between removing a record and its marks is ignored.
+fn mark_path(record: &Path, step: &str) -> PathBuf {
+    let step: String = step
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    record.with_extension(format!("mark-{step}"))
+}
+
+fn remove_marks(record: &Path) {
+    let (Some(dir), Some(stem)) = (record.parent(), record.file_stem()) else {
+        return;
+    };
+    let prefix = format!("{}.mark-", stem.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Test hook: `VIRTSNAPFS_CRASH_AT=STEP` makes the daemon abort at that step, as `kill -9`

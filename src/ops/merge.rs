@@ -30,11 +30,86 @@ impl SnapshotOps {
 
     /// Commits `plan.overlay` into `plan.base` and points everything that read the overlay at
     /// the base. Offline with qemu-img; with a block job when `domain` runs on the overlay.
-    /// Each step is idempotent.
-    pub(super) fn merge(&self, domain: &str, plan: &MergePlan) -> Result<(), FsError> {
+    /// The commit, once done, is marked in the intent record `record` and not done again;
+    /// every other step is idempotent.
+    pub(super) fn merge(
+        &self,
+        domain: &str,
+        plan: &MergePlan,
+        record: &Path,
+    ) -> Result<(), FsError> {
         let running = self.running_layers(domain, &plan.target)?;
-        let live = running.as_ref().filter(|l| l.contains(&plan.overlay));
-        if plan.overlay.exists() {
+        let committed_mark = format!("committed-{}", plan.target);
+        if journal::is_marked(record, &committed_mark) {
+            info!(
+                "domain {domain} disk {}: {} is merged into {} already (recorded)",
+                plan.target,
+                plan.overlay.display(),
+                plan.base.display()
+            );
+        } else {
+            self.commit_step(domain, plan, running.as_deref())?;
+            journal::mark(record, &committed_mark).map_err(|e| {
+                fs_err!(
+                    Io,
+                    "domain {domain} disk {}: cannot record the commit in {}: {e}",
+                    plan.target,
+                    record.display()
+                )
+            })?;
+        }
+        journal::crash_point("delete-external:committed");
+        self.point_at_base(plan, running)
+    }
+
+    /// The commit of `merge`: live, offline, or nothing when the running domain (whose disk
+    /// reads `running`) finished it already.
+    fn commit_step(
+        &self,
+        domain: &str,
+        plan: &MergePlan,
+        running: Option<&[PathBuf]>,
+    ) -> Result<(), FsError> {
+        let live = running.filter(|l| l.contains(&plan.overlay));
+        // A running disk that reads the base but no longer the overlay: its QEMU finished
+        // this commit while the daemon or libvirtd was away (a commit below the top ends by
+        // itself, an active one with its pivot). Committing again offline is refused by
+        // QEMU's lock on the base and, after a pivot, would write the overlay's old data
+        // over what the guest wrote since: the overlay's data is checked to be in the base
+        // instead, and nothing is written.
+        let finished_by_qemu = live.is_none() && running.is_some_and(|l| l.contains(&plan.base));
+        if plan.overlay.exists() && finished_by_qemu {
+            // The overlay was this disk's top and the base is now: only a pivot does that,
+            // and the guest may have written to the base since, so the data is not compared.
+            let pivoted = plan
+                .domain_users
+                .iter()
+                .any(|(d, t)| d == domain && *t == plan.target)
+                && running.and_then(|l| l.first()) == Some(&plan.base);
+            if !pivoted
+                && !images::overlay_is_in_base(
+                    &plan.overlay,
+                    &plan.base,
+                    plan.base_format,
+                    &self.cache,
+                )?
+            {
+                return Err(fs_err!(
+                    Busy,
+                    "domain {domain} disk {}: the running disk reads {} but no longer {}, and not all of the latter's data is in the former: nothing was changed; see virsh domblklist {domain} and virsh blockjob {domain} {}",
+                    plan.target,
+                    plan.base.display(),
+                    plan.overlay.display(),
+                    plan.target
+                ));
+            }
+            info!(
+                "domain {domain} disk {}: {} is merged into {} already (the running domain finished the block commit)",
+                plan.target,
+                plan.overlay.display(),
+                plan.base.display()
+            );
+        } else if plan.overlay.exists() {
             info!(
                 "domain {domain} disk {}: merging {} into {}{}",
                 plan.target,
@@ -60,7 +135,16 @@ impl SnapshotOps {
                 }
             }
         }
-        journal::crash_point("delete-external:committed");
+        Ok(())
+    }
+
+    /// After the commit of `plan`: everything that read the overlay is pointed at the base.
+    /// `running`: the layers of the running domain's disk, if it runs.
+    fn point_at_base(
+        &self,
+        plan: &MergePlan,
+        running: Option<Vec<PathBuf>>,
+    ) -> Result<(), FsError> {
         // A running QEMU has re-pointed the images of its own chain already; the others are
         // rebased here (never an image a running domain has open).
         let open_by_qemu: BTreeSet<PathBuf> = running.unwrap_or_default().into_iter().collect();

@@ -181,11 +181,18 @@ impl SnapshotOps {
         self.scan.offer(models);
     }
 
+    /// Whether `domain` runs (or is paused): its QEMU has its disks open. A domain in any
+    /// other state than shut off (crashed, shutting down, suspended by its guest) may still
+    /// have a QEMU process holding them, so no operation treats it as either: Busy.
     fn is_running(&self, domain: &str) -> Result<bool, FsError> {
-        Ok(matches!(
-            self.backend.domain_state(domain).map_err(backend_err)?,
-            DomainState::Running | DomainState::Paused
-        ))
+        match self.backend.domain_state(domain).map_err(backend_err)? {
+            DomainState::Running | DomainState::Paused => Ok(true),
+            DomainState::ShutOff => Ok(false),
+            DomainState::Other => Err(fs_err!(
+                Busy,
+                "domain {domain} is neither running nor shut off (crashed, shutting down or suspended by its guest: see virsh domstate --reason {domain}); its QEMU may still hold its disks, so nothing is changed; retry once it runs or is shut off"
+            )),
+        }
     }
 
     /// The stated format, else the probed one (raw when the file cannot be read).
@@ -340,6 +347,92 @@ mod tests {
         // A model no longer trusted is not taken when offered again.
         ops.offer_models(vec![old.clone()]);
         assert!(!Arc::ptr_eq(&scanned(&ops, "test"), &old));
+    }
+
+    /// A hypervisor whose every domain is in state `.0`; nothing else answers.
+    struct AllInState(DomainState);
+
+    impl Backend for AllInState {
+        fn list_domains(&self) -> Result<Vec<String>, BackendError> {
+            Err(BackendError::failed("not in this test"))
+        }
+        fn load_domain(&self, _: &str) -> Result<Option<DomainModel>, BackendError> {
+            Err(BackendError::failed("not in this test"))
+        }
+        fn domain_fingerprint(&self, _: &str) -> Result<Option<u64>, BackendError> {
+            Err(BackendError::failed("not in this test"))
+        }
+        fn layout_fingerprints(&self) -> Result<Vec<(String, u64)>, BackendError> {
+            Err(BackendError::failed("not in this test"))
+        }
+        fn domain_state(&self, _: &str) -> Result<DomainState, BackendError> {
+            Ok(self.0)
+        }
+        fn inactive_xml(&self, _: &str) -> Result<String, BackendError> {
+            Err(BackendError::failed("not in this test"))
+        }
+        fn define_domain(&self, _: &str) -> Result<(), BackendError> {
+            Err(BackendError::failed("not in this test"))
+        }
+        fn destroy_domain(&self, _: &str) -> Result<(), BackendError> {
+            Err(BackendError::failed("not in this test"))
+        }
+        fn create_snapshot(&self, _: &str, _: &str, _: u32) -> Result<(), BackendError> {
+            Err(BackendError::failed("not in this test"))
+        }
+        fn revert_snapshot(&self, _: &str, _: &str, _: u32) -> Result<(), BackendError> {
+            Err(BackendError::failed("not in this test"))
+        }
+        fn delete_snapshot(&self, _: &str, _: &str, _: u32) -> Result<(), BackendError> {
+            Err(BackendError::failed("not in this test"))
+        }
+        fn block_commit(
+            &self,
+            _: &str,
+            _: &str,
+            _: &Path,
+            _: Option<&Path>,
+            _: u64,
+        ) -> Result<(), BackendError> {
+            Err(BackendError::failed("not in this test"))
+        }
+        fn block_job(&self, _: &str, _: &str) -> Result<Option<(u64, u64)>, BackendError> {
+            Err(BackendError::failed("not in this test"))
+        }
+        fn block_job_abort(&self, _: &str, _: &str, _: bool) -> Result<(), BackendError> {
+            Err(BackendError::failed("not in this test"))
+        }
+    }
+
+    /// Crashed, shutting down or suspended by its guest (libvirt's other states): its QEMU
+    /// may still hold the disks, so it is treated as neither running nor shut off, and an
+    /// operation that would choose between a live and an offline path is refused (Busy)
+    /// instead of rewriting images offline.
+    #[test]
+    fn a_domain_neither_running_nor_shut_off_is_refused() {
+        let state = tempfile::tempdir().unwrap();
+        let ops = |s| {
+            let options = OpsOptions {
+                state_dir: state.path().to_path_buf(),
+                ..OpsOptions::default()
+            };
+            SnapshotOps::new(
+                Arc::new(AllInState(s)),
+                options,
+                Arc::new(MetadataCache::new(1 << 20)),
+            )
+        };
+        assert!(ops(DomainState::Running).is_running("d").unwrap());
+        assert!(ops(DomainState::Paused).is_running("d").unwrap());
+        assert!(!ops(DomainState::ShutOff).is_running("d").unwrap());
+        let e = ops(DomainState::Other).is_running("d").unwrap_err();
+        assert_eq!(e.kind, crate::error::ErrorKind::Busy);
+        assert!(e.message.contains("neither running nor shut off"), "{e}");
+        // The merge's first step asks the same question.
+        let e = ops(DomainState::Other)
+            .running_layers("d", "vda")
+            .unwrap_err();
+        assert_eq!(e.kind, crate::error::ErrorKind::Busy);
     }
 
     #[test]

@@ -10,7 +10,7 @@ impl SnapshotOps {
         for (path, _lock, intent) in self.journal.pending() {
             let result = intent
                 .map_err(|e| fs_err!(Io, "unreadable intent record: {e}"))
-                .and_then(|v| self.recover_one(&v));
+                .and_then(|v| self.recover_one(&v, &path));
             match result {
                 Ok(what) => {
                     info!("recovered an unfinished operation: {what}");
@@ -24,7 +24,12 @@ impl SnapshotOps {
         }
     }
 
-    pub(super) fn recover_one(&self, intent: &serde_json::Value) -> Result<String, FsError> {
+    /// Finishes or undoes the operation of `intent`, recorded at `record`.
+    pub(super) fn recover_one(
+        &self,
+        intent: &serde_json::Value,
+        record: &Path,
+    ) -> Result<String, FsError> {
         let bad = || fs_err!(Io, "malformed intent record");
         match intent["op"].as_str().ok_or_else(bad)? {
             "revert-external" => {
@@ -50,7 +55,7 @@ impl SnapshotOps {
             }
             "delete-external" => {
                 let plan = DeletePlan::from_json(intent).ok_or_else(bad)?;
-                self.finish_delete(&plan, &mut 0)?;
+                self.finish_delete(&plan, &mut 0, record)?;
                 self.remove_leftovers(&plan)?;
                 Ok(format!(
                     "deletion of {} of domain {} finished",
