@@ -602,6 +602,46 @@ fn libvirtd_killed_during_a_live_block_commit() {
     }
 }
 
+/// `rmdir DIR` on a mount whose daemon aborts at `step` (the daemon killed there).
+fn rmdir_killed_at(dom: &TestDomain, opts: &[&str], step: &str, dir: &str) {
+    let mut crashing = Mount::with_env(opts, &[("VIRTSNAPFS_CRASH_AT", step)]);
+    let _ = Command::new("rmdir").arg(p(&crashing, dom, dir)).output();
+    assert!(!crashing.wait_exit().success(), "{}", crashing.log_text());
+}
+
+/// The daemon killed at `step` while deleting `snapshot` (at `dir`) of a running domain,
+/// `meanwhile` run before the next mount, whose recovery must finish the delete: the
+/// domain still runs, every other state reads as before, the overlay is gone. Returns the
+/// recovering mount's log.
+fn live_delete_killed_at(
+    snapshot: &str,
+    dir: &str,
+    step: &str,
+    meanwhile: impl FnOnce(&TestDomain),
+) -> String {
+    let dom = running_two_external("crash-live");
+    let state = tempfile::tempdir().unwrap();
+    let before = hashes_now(&dom);
+    let state_opt = format!("state_dir={}", state.path().display());
+    let opts = [state_opt.as_str(), SLOW_MERGE];
+    rmdir_killed_at(&dom, &opts, step, dir);
+    meanwhile(&dom);
+    let mount = Mount::new(&opts);
+    let log = mount.log_text();
+    assert!(log.contains("recovered an unfinished operation"), "{log}");
+    assert_consistent(&mount, &dom, state.path(), snapshot);
+    assert_eq!(virsh(&["domstate", &dom.name]).trim(), "running");
+    let after = checked_hashes(&mount, &dom, snapshot);
+    assert!(!after.contains_key(snapshot), "{snapshot}: still there");
+    for (k, v) in &before {
+        if k != snapshot {
+            assert_eq!(after.get(k), Some(v), "{snapshot}: {k}");
+        }
+    }
+    assert!(!dom.path(&format!("vda.{snapshot}")).exists());
+    log
+}
+
 #[test]
 fn daemon_killed_during_a_live_block_commit() {
     let _serial = serial();
@@ -609,34 +649,7 @@ fn daemon_killed_during_a_live_block_commit() {
         ("take-1", "snapshots/take-1"),
         ("take-2", "snapshots/take-1/take-2"),
     ] {
-        let dom = running_two_external("crash-live");
-        let state = tempfile::tempdir().unwrap();
-        let before = hashes_now(&dom);
-        let state_opt = format!("state_dir={}", state.path().display());
-        let opts = [state_opt.as_str(), SLOW_MERGE];
-        let step = "delete-external:live-commit-started";
-        let mut crashing = Mount::with_env(&opts, &[("VIRTSNAPFS_CRASH_AT", step)]);
-        let _ = Command::new("rmdir").arg(p(&crashing, &dom, dir)).output();
-        assert!(!crashing.wait_exit().success(), "{}", crashing.log_text());
-        drop(crashing);
-        let mount = Mount::new(&opts);
-        assert!(
-            mount
-                .log_text()
-                .contains("recovered an unfinished operation"),
-            "{}",
-            mount.log_text()
-        );
-        assert_consistent(&mount, &dom, state.path(), snapshot);
-        assert_eq!(virsh(&["domstate", &dom.name]).trim(), "running");
-        let after = checked_hashes(&mount, &dom, snapshot);
-        assert!(!after.contains_key(snapshot), "{snapshot}: still there");
-        for (k, v) in &before {
-            if k != snapshot {
-                assert_eq!(after.get(k), Some(v), "{snapshot}: {k}");
-            }
-        }
-        assert!(!dom.path(&format!("vda.{snapshot}")).exists());
+        live_delete_killed_at(snapshot, dir, "delete-external:live-commit-started", |_| {});
     }
 }
 
@@ -663,42 +676,22 @@ fn daemon_killed_while_qemu_finishes_the_commit() {
             "delete-external:committed",
         ),
     ] {
-        let dom = running_two_external("crash-ends");
-        let state = tempfile::tempdir().unwrap();
-        let before = hashes_now(&dom);
-        let state_opt = format!("state_dir={}", state.path().display());
-        let opts = [state_opt.as_str(), SLOW_MERGE];
-        let mut crashing = Mount::with_env(&opts, &[("VIRTSNAPFS_CRASH_AT", step)]);
-        let _ = Command::new("rmdir").arg(p(&crashing, &dom, dir)).output();
-        assert!(!crashing.wait_exit().success(), "{}", crashing.log_text());
-        drop(crashing);
-        let overlay = dom.path(&format!("vda.{snapshot}"));
-        eventually(
-            60,
-            "the commit to end and the overlay to leave the chain",
-            || !virsh(&["dumpxml", &dom.name]).contains(overlay.to_str().unwrap()),
-        );
-        assert!(
-            overlay.exists(),
-            "{snapshot}: removed by QEMU, not by the daemon"
-        );
-        let mount = Mount::new(&opts);
-        let log = mount.log_text();
-        assert!(log.contains("recovered an unfinished operation"), "{log}");
+        let log = live_delete_killed_at(snapshot, dir, step, |dom| {
+            let overlay = dom.path(&format!("vda.{snapshot}"));
+            eventually(
+                60,
+                "the commit to end and the overlay to leave the chain",
+                || !virsh(&["dumpxml", &dom.name]).contains(overlay.to_str().unwrap()),
+            );
+            assert!(
+                overlay.exists(),
+                "{snapshot}: removed by QEMU, not by the daemon"
+            );
+        });
         assert!(
             log.contains("is merged into") && log.contains("already"),
             "{snapshot}: the recovery should find the commit done: {log}"
         );
-        assert_consistent(&mount, &dom, state.path(), snapshot);
-        assert_eq!(virsh(&["domstate", &dom.name]).trim(), "running");
-        let after = checked_hashes(&mount, &dom, snapshot);
-        assert!(!after.contains_key(snapshot), "{snapshot} still there");
-        for (k, v) in &before {
-            if k != snapshot {
-                assert_eq!(after.get(k), Some(v), "{snapshot}: {k}");
-            }
-        }
-        assert!(!overlay.exists());
     }
 }
 
@@ -715,12 +708,7 @@ fn daemon_killed_after_the_pivot_keeps_the_guests_later_writes() {
     let state_opt = format!("state_dir={}", state.path().display());
     let opts = [state_opt.as_str(), SLOW_MERGE];
     let step = "delete-external:committed";
-    let mut crashing = Mount::with_env(&opts, &[("VIRTSNAPFS_CRASH_AT", step)]);
-    let _ = Command::new("rmdir")
-        .arg(p(&crashing, &dom, "snapshots/take-1/take-2"))
-        .output();
-    assert!(!crashing.wait_exit().success(), "{}", crashing.log_text());
-    drop(crashing);
+    rmdir_killed_at(&dom, &opts, step, "snapshots/take-1/take-2");
     let (base, overlay) = (dom.path("vda.take-1"), dom.path("vda.take-2"));
     assert_eq!(dom.live_source("vda"), base, "the pivot was made");
     // take-2 held 0x53 at 10M..18M; the guest now writes 0x54 over part of it.
