@@ -697,51 +697,126 @@ fn daemon_killed_while_qemu_finishes_the_commit() {
 
 /// The daemon dies right after the pivot of an active commit (take-2 merged into take-1),
 /// the guest then writes over data take-2 held, and the domain is shut off before the next
-/// mount. The commit is recorded as done, so recovery must not commit take-2 again (offline
-/// now, nothing holds the images): that would put take-2's old data over the guest's newer
-/// writes. The live disk after recovery reads what the guest wrote.
+/// mount. Recovery must not commit take-2 again (offline now, nothing holds the images):
+/// that would put take-2's old data over the guest's newer writes. Two moments:
+/// - after the commit was recorded done (`committed`): the record says so;
+/// - between the pivot and that record (`pivoted`): the record says a pivot was asked for,
+///   and libvirt's definition, moved onto the base by the pivot, says it was made.
+///
+/// Either way the live disk after recovery reads what the guest wrote.
 #[test]
 fn daemon_killed_after_the_pivot_keeps_the_guests_later_writes() {
     let _serial = serial();
-    let dom = running_two_external("crash-pivot");
+    for (step, why) in [
+        ("delete-external:committed", "already (recorded)"),
+        ("delete-external:pivoted", "already (the pivot was made"),
+    ] {
+        let dom = running_two_external("crash-pivot");
+        let state = tempfile::tempdir().unwrap();
+        let state_opt = format!("state_dir={}", state.path().display());
+        let opts = [state_opt.as_str(), SLOW_MERGE];
+        rmdir_killed_at(&dom, &opts, step, "snapshots/take-1/take-2");
+        let (base, overlay) = (dom.path("vda.take-1"), dom.path("vda.take-2"));
+        assert_eq!(dom.live_source("vda"), base, "{step}: the pivot was made");
+        // take-2 held 0x53 at 10M..18M; the guest now writes 0x54 over part of it.
+        dom.write_running("write -P 0x54 11M 2M");
+        dom.write_running("flush");
+        virsh(&["destroy", &dom.name]);
+        let scratch = tempfile::tempdir().unwrap();
+        let expected = scratch.path().join("expected.raw");
+        convert(&base, None, &expected);
+        assert!(overlay.exists());
+        let mount = Mount::new(&opts);
+        let log = mount.log_text();
+        assert!(
+            log.contains("recovered an unfinished operation"),
+            "{step}: {log}"
+        );
+        assert!(log.contains(why), "{step}: {log}");
+        assert_consistent(&mount, &dom, state.path(), step);
+        let live = scratch.path().join("live.raw");
+        convert(&dom.live_source("vda"), None, &live);
+        assert!(
+            same_bytes(&live, &expected),
+            "{step}: the live disk lost the guest's writes made after the pivot"
+        );
+        let pattern = sh(
+            "qemu-io",
+            &[
+                "-f",
+                "raw",
+                "-c",
+                "read -P 0x54 11M 2M",
+                live.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            !pattern.contains("verification failed"),
+            "{step}: {pattern}"
+        );
+        assert!(!overlay.exists());
+    }
+}
+
+/// The daemon dies after recording that it asks for a pivot, before asking; the commit job
+/// is then cancelled, the guest writes to take-2 (no longer mirrored into take-1), and the
+/// domain is shut off. The definition still reads take-2 and the two images differ, so the
+/// next mount cannot tell a pivot was not made: it changes nothing, keeps the record, and
+/// says what to check. The live disk still reads the guest's writes.
+#[test]
+fn an_undecidable_pivot_changes_nothing() {
+    let _serial = serial();
+    let dom = running_two_external("crash-ask");
     let state = tempfile::tempdir().unwrap();
     let state_opt = format!("state_dir={}", state.path().display());
     let opts = [state_opt.as_str(), SLOW_MERGE];
-    let step = "delete-external:committed";
-    rmdir_killed_at(&dom, &opts, step, "snapshots/take-1/take-2");
-    let (base, overlay) = (dom.path("vda.take-1"), dom.path("vda.take-2"));
-    assert_eq!(dom.live_source("vda"), base, "the pivot was made");
-    // take-2 held 0x53 at 10M..18M; the guest now writes 0x54 over part of it.
-    dom.write_running("write -P 0x54 11M 2M");
+    rmdir_killed_at(
+        &dom,
+        &opts,
+        "delete-external:pivot-asked",
+        "snapshots/take-1/take-2",
+    );
+    virsh(&["blockjob", &dom.name, "vda", "--abort"]);
+    eventually(30, "the commit job to go", || {
+        !virsh(&["blockjob", &dom.name, "vda", "--info"]).contains("Commit")
+    });
+    let overlay = dom.path("vda.take-2");
+    assert_eq!(dom.live_source("vda"), overlay, "no pivot was made");
+    dom.write_running("write -P 0x55 11M 2M");
     dom.write_running("flush");
     virsh(&["destroy", &dom.name]);
     let scratch = tempfile::tempdir().unwrap();
     let expected = scratch.path().join("expected.raw");
-    convert(&base, None, &expected);
-    assert!(overlay.exists());
+    convert(&overlay, None, &expected);
     let mount = Mount::new(&opts);
     let log = mount.log_text();
-    assert!(log.contains("recovered an unfinished operation"), "{log}");
-    assert!(log.contains("already (recorded)"), "{log}");
-    assert_consistent(&mount, &dom, state.path(), "take-2 after the pivot");
+    assert!(log.contains("cannot be told"), "{log}");
+    let left = std::fs::read_dir(state.path().join("journal"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "json")
+        })
+        .count();
+    assert_eq!(left, 1, "the record is kept for a later mount");
+    assert_eq!(dom.live_source("vda"), overlay);
     let live = scratch.path().join("live.raw");
-    convert(&dom.live_source("vda"), None, &live);
-    assert!(
-        same_bytes(&live, &expected),
-        "the live disk lost the guest's writes made after the pivot"
-    );
+    convert(&overlay, None, &live);
+    assert!(same_bytes(&live, &expected), "the live disk changed");
     let pattern = sh(
         "qemu-io",
         &[
             "-f",
             "raw",
             "-c",
-            "read -P 0x54 11M 2M",
+            "read -P 0x55 11M 2M",
             live.to_str().unwrap(),
         ],
     );
     assert!(!pattern.contains("verification failed"), "{pattern}");
-    assert!(!overlay.exists());
 }
 
 // ---------------------------------------------------------------------------------------------

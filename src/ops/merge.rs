@@ -48,7 +48,7 @@ impl SnapshotOps {
                 plan.base.display()
             );
         } else {
-            self.commit_step(domain, plan, running.as_deref())?;
+            self.commit_step(domain, plan, running.as_deref(), record)?;
             journal::mark(record, &committed_mark).map_err(|e| {
                 fs_err!(
                     Io,
@@ -69,6 +69,7 @@ impl SnapshotOps {
         domain: &str,
         plan: &MergePlan,
         running: Option<&[PathBuf]>,
+        record: &Path,
     ) -> Result<(), FsError> {
         let live = running.filter(|l| l.contains(&plan.overlay));
         // A running disk that reads the base but no longer the overlay: its QEMU finished
@@ -120,7 +121,10 @@ impl SnapshotOps {
             match live {
                 Some(layers) => {
                     let active = layers.first() == Some(&plan.overlay);
-                    self.live_commit(domain, plan, active)?;
+                    self.live_commit(domain, plan, active, record)?;
+                }
+                None if journal::is_marked(record, &pivot_mark(plan)) => {
+                    self.after_a_pivot_was_asked(domain, plan)?;
                 }
                 None => {
                     self.set_status(
@@ -136,6 +140,45 @@ impl SnapshotOps {
             }
         }
         Ok(())
+    }
+
+    /// A shut-off domain whose earlier daemon asked QEMU to pivot `plan`'s disk onto the base
+    /// and stopped before recording the commit done. If the pivot was made, the guest may
+    /// have written to the base since, and committing the overlay again would put its old
+    /// data over those writes; if not, the commit may still be needed. libvirt moves the
+    /// persistent definition onto the base with the pivot, which tells; else the overlay's
+    /// data must read the same from the base, or nothing is done (EBUSY).
+    fn after_a_pivot_was_asked(&self, domain: &str, plan: &MergePlan) -> Result<(), FsError> {
+        let model = self.fresh_model(domain)?;
+        let on_base = model
+            .disks
+            .iter()
+            .any(|d| d.target == plan.target && images::canonical(&d.chain.top.path) == plan.base);
+        if on_base {
+            info!(
+                "domain {domain} disk {}: {} is merged into {} already (the pivot was made: the domain's definition reads the base)",
+                plan.target,
+                plan.overlay.display(),
+                plan.base.display()
+            );
+            return Ok(());
+        }
+        if images::overlay_is_in_base(&plan.overlay, &plan.base, plan.base_format, &self.cache)? {
+            info!(
+                "domain {domain} disk {}: {} is merged into {} already (every cluster it holds reads the same from the base)",
+                plan.target,
+                plan.overlay.display(),
+                plan.base.display()
+            );
+            return Ok(());
+        }
+        Err(fs_err!(
+            Busy,
+            "domain {domain} disk {}: a pivot from {} onto {} was asked for before the daemon stopped; the domain's definition still reads the overlay and the two differ, so it cannot be told whether the guest wrote to the base since: nothing was changed; compare them (qemu-img compare) and repair the definition (virsh edit {domain}) by hand",
+            plan.target,
+            plan.overlay.display(),
+            plan.base.display()
+        ))
     }
 
     /// After the commit of `plan`: everything that read the overlay is pointed at the base.
@@ -201,6 +244,7 @@ impl SnapshotOps {
         domain: &str,
         plan: &MergePlan,
         active: bool,
+        record: &Path,
     ) -> Result<(), FsError> {
         use std::time::{Duration, Instant};
         let target = &plan.target;
@@ -282,9 +326,21 @@ impl SnapshotOps {
                 // libvirt can report everything copied a moment before QEMU marks the job
                 // ready: a pivot refused as not ready yet (busy) is tried at the next poll,
                 // for as long as a stalled merge would be waited for.
+                // Recorded first: from the pivot on, the guest writes to the base, and a
+                // recovery must know a pivot may have been made (see
+                // after_a_pivot_was_asked).
+                journal::mark(record, &pivot_mark(plan)).map_err(|e| {
+                    fs_err!(
+                        Io,
+                        "domain {domain} disk {target}: cannot record the pivot in {}: {e}",
+                        record.display()
+                    )
+                })?;
+                journal::crash_point("delete-external:pivot-asked");
                 match self.backend.block_job_abort(domain, target, true) {
                     Ok(()) => {
                         wait_gone("the pivot")?;
+                        journal::crash_point("delete-external:pivoted");
                         break;
                     }
                     Err(e)
@@ -332,4 +388,9 @@ impl SnapshotOps {
         );
         Ok(())
     }
+}
+
+/// The mark of an intent record that says a pivot of `plan`'s disk was asked for.
+fn pivot_mark(plan: &MergePlan) -> String {
+    format!("pivot-asked-{}", plan.target)
 }
