@@ -339,7 +339,12 @@ impl SnapshotOps {
                 journal::crash_point("delete-external:pivot-asked");
                 match self.backend.block_job_abort(domain, target, true) {
                     Ok(()) => {
-                        wait_gone("the pivot")?;
+                        // Not Busy: once a pivot was asked for, the record must stay (a
+                        // Busy failure before any merge forgets it).
+                        wait_gone("the pivot").map_err(|e| FsError {
+                            kind: crate::error::ErrorKind::Io,
+                            ..e
+                        })?;
                         journal::crash_point("delete-external:pivoted");
                         break;
                     }
