@@ -695,6 +695,32 @@ fn daemon_killed_while_qemu_finishes_the_commit() {
     }
 }
 
+/// The running guest writes `pattern` over 11M..13M of its disk, then the domain is shut
+/// off; returns `image` (the chain that then holds the disk) converted to raw in `scratch`.
+fn write_then_shut_off(dom: &TestDomain, pattern: u8, image: &Path, scratch: &Path) -> PathBuf {
+    dom.write_running(&format!("write -P {pattern:#x} 11M 2M"));
+    dom.write_running("flush");
+    virsh(&["destroy", &dom.name]);
+    let expected = scratch.join("expected.raw");
+    convert(image, None, &expected);
+    expected
+}
+
+/// `raw` holds `write_then_shut_off`'s write.
+fn assert_guest_write(raw: &Path, pattern: u8) {
+    let out = sh(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            &format!("read -P {pattern:#x} 11M 2M"),
+            raw.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.contains("verification failed"), "{out}");
+}
+
 /// The daemon dies right after the pivot of an active commit (take-2 merged into take-1),
 /// the guest then writes over data take-2 held, and the domain is shut off before the next
 /// mount. Recovery must not commit take-2 again (offline now, nothing holds the images):
@@ -719,12 +745,8 @@ fn daemon_killed_after_the_pivot_keeps_the_guests_later_writes() {
         let (base, overlay) = (dom.path("vda.take-1"), dom.path("vda.take-2"));
         assert_eq!(dom.live_source("vda"), base, "{step}: the pivot was made");
         // take-2 held 0x53 at 10M..18M; the guest now writes 0x54 over part of it.
-        dom.write_running("write -P 0x54 11M 2M");
-        dom.write_running("flush");
-        virsh(&["destroy", &dom.name]);
         let scratch = tempfile::tempdir().unwrap();
-        let expected = scratch.path().join("expected.raw");
-        convert(&base, None, &expected);
+        let expected = write_then_shut_off(&dom, 0x54, &base, scratch.path());
         assert!(overlay.exists());
         let mount = Mount::new(&opts);
         let log = mount.log_text();
@@ -740,20 +762,7 @@ fn daemon_killed_after_the_pivot_keeps_the_guests_later_writes() {
             same_bytes(&live, &expected),
             "{step}: the live disk lost the guest's writes made after the pivot"
         );
-        let pattern = sh(
-            "qemu-io",
-            &[
-                "-f",
-                "raw",
-                "-c",
-                "read -P 0x54 11M 2M",
-                live.to_str().unwrap(),
-            ],
-        );
-        assert!(
-            !pattern.contains("verification failed"),
-            "{step}: {pattern}"
-        );
+        assert_guest_write(&live, 0x54);
         assert!(!overlay.exists());
     }
 }
@@ -782,12 +791,8 @@ fn an_undecidable_pivot_changes_nothing() {
     });
     let overlay = dom.path("vda.take-2");
     assert_eq!(dom.live_source("vda"), overlay, "no pivot was made");
-    dom.write_running("write -P 0x55 11M 2M");
-    dom.write_running("flush");
-    virsh(&["destroy", &dom.name]);
     let scratch = tempfile::tempdir().unwrap();
-    let expected = scratch.path().join("expected.raw");
-    convert(&overlay, None, &expected);
+    let expected = write_then_shut_off(&dom, 0x55, &overlay, scratch.path());
     let mount = Mount::new(&opts);
     let log = mount.log_text();
     assert!(log.contains("cannot be told"), "{log}");
@@ -806,17 +811,7 @@ fn an_undecidable_pivot_changes_nothing() {
     let live = scratch.path().join("live.raw");
     convert(&overlay, None, &live);
     assert!(same_bytes(&live, &expected), "the live disk changed");
-    let pattern = sh(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            "-c",
-            "read -P 0x55 11M 2M",
-            live.to_str().unwrap(),
-        ],
-    );
-    assert!(!pattern.contains("verification failed"), "{pattern}");
+    assert_guest_write(&live, 0x55);
 }
 
 // ---------------------------------------------------------------------------------------------
