@@ -56,22 +56,7 @@ pub struct ChainSource(pub Arc<Chain>);
 
 impl ByteSource for ChainSource {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let at = offset
-                .checked_add(done as u64)
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset overflows"))?;
-            let n = self
-                .0
-                .read_at(&mut buf[done..], at)
-                .map_err(io::Error::other)?;
-            if n == 0 {
-                buf[done..].fill(0);
-                break;
-            }
-            done += n;
-        }
-        Ok(())
+        self.0.read_exact_at(buf, offset).map_err(io::Error::other)
     }
 
     fn byte_len(&self) -> io::Result<u64> {
@@ -503,16 +488,7 @@ impl VirtSnapFs {
             let found = match guest::open_filesystem(v.source.clone(), self.cache.clone()) {
                 Ok(Some(fs)) => {
                     let format = fs.format_name();
-                    let view = View::new(
-                        fs,
-                        opened.of_disks(&v.disks),
-                        format!("{label} ({format})"),
-                        place.counter,
-                    );
-                    self.guest
-                        .views
-                        .lock()
-                        .put((key.clone(), v.name.clone()), Arc::new(view));
+                    self.keep_view(place, &v, fs, &opened);
                     volumes.push(v.name.clone());
                     format.to_string()
                 }
@@ -593,18 +569,33 @@ impl VirtSnapFs {
             .find(|v| v.name == volume)
             .ok_or_else(|| not_found(&failed))?;
         let label = Self::volume_label(place, &v);
-        let fs = guest::open_filesystem(v.source, self.cache.clone())
+        let fs = guest::open_filesystem(v.source.clone(), self.cache.clone())
             .map_err(|e| guest_error(&label, "opening its filesystem", e))?
             .ok_or_else(|| fs_err!(NotFound, "{label}: nothing recognised"))?;
-        let format = fs.format_name();
+        Ok(self.keep_view(place, &v, fs, &opened))
+    }
+
+    /// Keeps `fs`, opened on volume `v` of `place` from the disks `opened` read, as that
+    /// volume's view.
+    fn keep_view(
+        &self,
+        place: &Place,
+        v: &guest::Volume,
+        fs: Box<dyn GuestFs>,
+        opened: &Opened,
+    ) -> Arc<View> {
+        let label = format!("{} ({})", Self::volume_label(place, v), fs.format_name());
         let view = Arc::new(View::new(
             fs,
             opened.of_disks(&v.disks),
-            format!("{label} ({format})"),
+            label,
             place.counter,
         ));
-        self.guest.views.lock().put(key, view.clone());
-        Ok(view)
+        self.guest
+            .views
+            .lock()
+            .put((place.key(), v.name.clone()), view.clone());
+        view
     }
 
     /// `files/`'s entries: one per volume with a filesystem, on all the disks. A disk that

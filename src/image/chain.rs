@@ -107,6 +107,21 @@ impl Chain {
         &self.layers
     }
 
+    /// Fills `buf` with the guest bytes at `offset`, zeros past the end of the disk.
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ImageError> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            // `done` bytes were read from `offset` on, so `offset + done` is within the disk.
+            let n = self.read_at(&mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                buf[done..].fill(0);
+                break;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
     /// Reads guest bytes at `offset` into `buf`; returns how many were read (fewer than asked
     /// only at the end of the disk). Safe to call from many threads at once.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, ImageError> {

@@ -176,14 +176,14 @@ pub fn overlay_is_in_base(
                         .iter()
                         .any(|x| x.source.is_data());
                     if base_data {
-                        read_full(&under, &mut b[..n], at).map_err(err(base))?;
+                        under.read_exact_at(&mut b[..n], at).map_err(err(base))?;
                         if b[..n].iter().any(|&x| x != 0) {
                             return Ok(false);
                         }
                     }
                 } else {
-                    read_full(&over, &mut a[..n], at).map_err(err(overlay))?;
-                    read_full(&under, &mut b[..n], at).map_err(err(base))?;
+                    over.read_exact_at(&mut a[..n], at).map_err(err(overlay))?;
+                    under.read_exact_at(&mut b[..n], at).map_err(err(base))?;
                     if a[..n] != b[..n] {
                         return Ok(false);
                     }
@@ -194,24 +194,6 @@ pub fn overlay_is_in_base(
         pos += window;
     }
     Ok(true)
-}
-
-/// Reads `buf.len()` guest bytes at `offset`, zeros past the disk's end.
-fn read_full(
-    chain: &crate::image::Chain,
-    buf: &mut [u8],
-    offset: u64,
-) -> Result<(), crate::image::ImageError> {
-    let mut done = 0;
-    while done < buf.len() {
-        let n = chain.read_at(&mut buf[done..], offset + done as u64)?;
-        if n == 0 {
-            buf[done..].fill(0);
-            break;
-        }
-        done += n;
-    }
-    Ok(())
 }
 
 /// Whether the qcow2 image at `path` holds internal snapshots.
