@@ -39,24 +39,11 @@ impl SnapshotOps {
         record: &Path,
     ) -> Result<(), FsError> {
         let running = self.running_layers(domain, &plan.target)?;
-        let committed_mark = format!("committed-{}", plan.target);
-        if journal::is_marked(record, &committed_mark) {
-            info!(
-                "domain {domain} disk {}: {} is merged into {} already (recorded)",
-                plan.target,
-                plan.overlay.display(),
-                plan.base.display()
-            );
+        if journal::is_marked(record, &committed_mark(plan)) {
+            log_merged_already(domain, plan, "recorded");
         } else {
             self.commit_step(domain, plan, running.as_deref(), record)?;
-            journal::mark(record, &committed_mark).map_err(|e| {
-                fs_err!(
-                    Io,
-                    "domain {domain} disk {}: cannot record the commit in {}: {e}",
-                    plan.target,
-                    record.display()
-                )
-            })?;
+            mark_step(domain, plan, record, &committed_mark(plan))?;
         }
         journal::crash_point("delete-external:committed");
         self.point_at_base(plan, running)
@@ -104,12 +91,7 @@ impl SnapshotOps {
                     plan.target
                 ));
             }
-            info!(
-                "domain {domain} disk {}: {} is merged into {} already (the running domain finished the block commit)",
-                plan.target,
-                plan.overlay.display(),
-                plan.base.display()
-            );
+            log_merged_already(domain, plan, "the running domain finished the block commit");
         } else if plan.overlay.exists() {
             info!(
                 "domain {domain} disk {}: merging {} into {}{}",
@@ -155,20 +137,18 @@ impl SnapshotOps {
             .iter()
             .any(|d| d.target == plan.target && images::canonical(&d.chain.top.path) == plan.base);
         if on_base {
-            info!(
-                "domain {domain} disk {}: {} is merged into {} already (the pivot was made: the domain's definition reads the base)",
-                plan.target,
-                plan.overlay.display(),
-                plan.base.display()
+            log_merged_already(
+                domain,
+                plan,
+                "the pivot was made: the domain's definition reads the base",
             );
             return Ok(());
         }
         if images::overlay_is_in_base(&plan.overlay, &plan.base, plan.base_format, &self.cache)? {
-            info!(
-                "domain {domain} disk {}: {} is merged into {} already (every cluster it holds reads the same from the base)",
-                plan.target,
-                plan.overlay.display(),
-                plan.base.display()
+            log_merged_already(
+                domain,
+                plan,
+                "every cluster it holds reads the same from the base",
             );
             return Ok(());
         }
@@ -329,13 +309,7 @@ impl SnapshotOps {
                 // Recorded first: from the pivot on, the guest writes to the base, and a
                 // recovery must know a pivot may have been made (see
                 // after_a_pivot_was_asked).
-                journal::mark(record, &pivot_mark(plan)).map_err(|e| {
-                    fs_err!(
-                        Io,
-                        "domain {domain} disk {target}: cannot record the pivot in {}: {e}",
-                        record.display()
-                    )
-                })?;
+                mark_step(domain, plan, record, &pivot_mark(plan))?;
                 journal::crash_point("delete-external:pivot-asked");
                 match self.backend.block_job_abort(domain, target, true) {
                     Ok(()) => {
@@ -395,7 +369,34 @@ impl SnapshotOps {
     }
 }
 
+/// The mark of an intent record that says the commit of `plan` is done.
+fn committed_mark(plan: &MergePlan) -> String {
+    format!("committed-{}", plan.target)
+}
+
 /// The mark of an intent record that says a pivot of `plan`'s disk was asked for.
 fn pivot_mark(plan: &MergePlan) -> String {
     format!("pivot-asked-{}", plan.target)
+}
+
+/// Marks step `mark` of `plan` in the intent record `record` (see [`journal::mark`]).
+fn mark_step(domain: &str, plan: &MergePlan, record: &Path, mark: &str) -> Result<(), FsError> {
+    journal::mark(record, mark).map_err(|e| {
+        fs_err!(
+            Io,
+            "domain {domain} disk {}: cannot record {mark} in {}: {e}",
+            plan.target,
+            record.display()
+        )
+    })
+}
+
+/// Logs that the commit of `plan` is found done already, and `why`.
+fn log_merged_already(domain: &str, plan: &MergePlan, why: &str) {
+    info!(
+        "domain {domain} disk {}: {} is merged into {} already ({why})",
+        plan.target,
+        plan.overlay.display(),
+        plan.base.display()
+    );
 }
