@@ -38,6 +38,10 @@ pub struct MountOptions {
     pub acl: SessionACL,
     pub fs: Options,
     pub connect: Option<String>,
+    /// FUSE worker threads. A worker waits while an image read it serves goes to the disk;
+    /// with 4, a cold `tar` of a guest tree spent that time with requests queued behind
+    /// them (cold tar of 1.3 GiB of small files: 3.5 s with 4 workers, 3.2 s with 8 to 32;
+    /// each worker adds about 1 MiB of read buffer).
     pub threads: usize,
     pub log_file: Option<PathBuf>,
     /// Kernel readahead for the mount, in KiB (the kernel offers FUSE only 128).
@@ -73,7 +77,7 @@ pub fn parse_options(lists: &[String]) -> Result<MountOptions, String> {
         acl: SessionACL::Owner,
         fs: Options::default(),
         connect: None,
-        threads: 4,
+        threads: 16,
         log_file: None,
         readahead_kb: 4096,
     };
