@@ -40,8 +40,8 @@ pub struct MountOptions {
     pub connect: Option<String>,
     /// FUSE worker threads. A worker waits while an image read it serves goes to the disk;
     /// with 4, a cold `tar` of a guest tree spent that time with requests queued behind
-    /// them (cold tar of 1.3 GiB of small files: 3.5 s with 4 workers, 3.2 s with 8 to 32;
-    /// each worker adds about 1 MiB of read buffer).
+    /// them (cold tar of 1.3 GiB of small files: 3.5 s with 4 workers, 3.2 s with 8 to 32).
+    /// Reads over 128 KiB share 4 buffers whatever the count (see `fuse::LARGE_READ_BUFFERS`).
     pub threads: usize,
     pub log_file: Option<PathBuf>,
     /// Kernel readahead for the mount, in KiB (the kernel offers FUSE only 128).
