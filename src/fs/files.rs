@@ -382,6 +382,14 @@ impl VirtSnapFs {
                 .iter()
                 .any(|o| files_stamp(&o.files) != o.files_stamp)
             {
+                // A shut-off domain's images changed outside this daemon (another mount
+                // reverted it, or libvirt did) before our refresh saw it: the nodes looked up
+                // before now name files of the old state, so their epoch ends here, as after
+                // our own operations (by 2: the counter stays even, no operation running).
+                // Otherwise a node would be answered from the new filesystem under its old
+                // number, and the kernel fails a node whose type changed with EIO.
+                self.change_counter(&place.domain)
+                    .fetch_add(2, Ordering::AcqRel);
                 return false;
             }
             *checked = Instant::now();
@@ -652,6 +660,14 @@ impl VirtSnapFs {
             ));
         }
         let view = self.view(&place, volume)?;
+        // Opening the view may have found the images changed (see `still_fresh`).
+        if place.counter.is_some() && self.change_counter(domain).load(Ordering::Acquire) != epoch {
+            return Err(fs_err!(
+                Stale,
+                "{} volume {volume}: a file or directory looked up before the live disks changed (their images changed outside this mount); open it again",
+                place.label()
+            ));
+        }
         Ok((place, view))
     }
 
