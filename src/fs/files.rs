@@ -651,22 +651,24 @@ impl VirtSnapFs {
         volume: &str,
         epoch: u64,
     ) -> Result<(Place, Arc<View>), FsError> {
+        let stale = |place: &Place, why: &str| {
+            fs_err!(
+                Stale,
+                "{} volume {volume}: a file or directory looked up before the live disks changed ({why}); open it again",
+                place.label()
+            )
+        };
         let place = self.place(domain, snapshot.as_deref())?;
         if place.epoch() != epoch {
-            return Err(fs_err!(
-                Stale,
-                "{} volume {volume}: a file or directory looked up before the live disks changed (a snapshot operation, or libvirt changed the domain); open it again",
-                place.label()
+            return Err(stale(
+                &place,
+                "a snapshot operation, or libvirt changed the domain",
             ));
         }
         let view = self.view(&place, volume)?;
         // Opening the view may have found the images changed (see `still_fresh`).
         if place.counter.is_some() && self.change_counter(domain).load(Ordering::Acquire) != epoch {
-            return Err(fs_err!(
-                Stale,
-                "{} volume {volume}: a file or directory looked up before the live disks changed (their images changed outside this mount); open it again",
-                place.label()
-            ));
+            return Err(stale(&place, "their images changed outside this mount"));
         }
         Ok((place, view))
     }

@@ -304,6 +304,15 @@ impl ScanStamps {
     }
 }
 
+/// The key of `DependencyScan::layers` that `spec`'s layers are kept under: its image, as
+/// every internal snapshot of an image has that image's backing chain.
+fn layers_key(spec: &ChainSpec) -> ChainSpec {
+    ChainSpec {
+        snapshot: None,
+        ..spec.clone()
+    }
+}
+
 pub struct DependencyScan {
     backend: Arc<dyn Backend>,
     cache: Arc<MetadataCache>,
@@ -381,10 +390,7 @@ impl DependencyScan {
         for m in models.iter().filter(|m| broken.contains(m.name.as_str())) {
             let snapshot_disks = m.snapshots.iter().flat_map(|s| s.disks.iter());
             for disk in m.disks.iter().chain(snapshot_disks) {
-                layers.remove(&ChainSpec {
-                    snapshot: None,
-                    ..disk.chain.clone()
-                });
+                layers.remove(&layers_key(&disk.chain));
             }
             domains.remove(&m.name);
         }
@@ -536,10 +542,7 @@ impl DependencyScan {
             }
             // An internal snapshot the image lacks is read as nothing; counting the image's
             // layers for it only adds dependencies.
-            let image = ChainSpec {
-                snapshot: None,
-                ..spec.clone()
-            };
+            let image = layers_key(spec);
             let kept = self.layers.lock().get(&image).and_then(|seen| {
                 let fresh = seen.read_at.elapsed() < LAYERS_KEPT
                     && seen
